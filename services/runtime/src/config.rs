@@ -1,0 +1,249 @@
+//! The TOML config file shared by all services. Keys are the NixOS module's
+//! `settings` names (camelCase). Unknown keys and bad values are errors that
+//! name the key, reported before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ds_core::PublicKey;
+use ds_store::StoreUri;
+use serde::Deserialize;
+
+/// Default config file location.
+pub const DEFAULT_PATH: &str = "/etc/distributed-store/config.toml";
+/// Default TCP port of the proxy.
+pub const DEFAULT_PORT: u16 = 5496;
+
+/// Errors loading the config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// File unreadable.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// file
+        path: PathBuf,
+        /// cause
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, unknown key or wrong type (toml names the key).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// file
+        path: PathBuf,
+        /// toml's message, which names the key and line
+        message: String,
+    },
+    /// A value of the right type but not acceptable.
+    #[error("config file {path}: key `{key}`: {reason}")]
+    Invalid {
+        /// file
+        path: PathBuf,
+        /// the offending key
+        key: String,
+        /// why
+        reason: String,
+    },
+}
+
+/// NAR compression the proxy advertises and produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NarCompression {
+    /// Uncompressed; allows HTTP Range.
+    None,
+    /// zstd (fast; the default).
+    #[default]
+    Zstd,
+    /// xz (small, slow to produce).
+    Xz,
+}
+
+impl NarCompression {
+    /// Corresponding narinfo compression.
+    pub fn to_core(self) -> ds_core::Compression {
+        match self {
+            NarCompression::None => ds_core::Compression::None,
+            NarCompression::Zstd => ds_core::Compression::Zstd,
+            NarCompression::Xz => ds_core::Compression::Xz,
+        }
+    }
+}
+
+/// An upstream binary cache (fallback), with the keys it signs with.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum UpstreamSpec {
+    /// Just a URL.
+    Url(String),
+    /// A URL plus keys.
+    Full {
+        /// Cache URL.
+        url: String,
+        /// Keys to trust for this upstream (added to `trustedPublicKeys`).
+        #[serde(default, rename = "publicKeys")]
+        public_keys: Vec<String>,
+    },
+}
+
+/// Raw file contents (private: validated into [`Config`]).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    listen: Option<String>,
+    store: Option<String>,
+    private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    trusted_public_keys: Vec<String>,
+    #[serde(default)]
+    upstreams: Vec<UpstreamSpec>,
+    #[serde(default)]
+    peers: Vec<String>,
+    priority: Option<u32>,
+    want_mass_query: Option<bool>,
+    compression: Option<NarCompression>,
+    idle_exit_sec: Option<u64>,
+    max_connections: Option<usize>,
+}
+
+/// An upstream cache, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Base URL without trailing slash.
+    pub url: String,
+    /// Keys it signs with.
+    pub public_keys: Vec<PublicKey>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the file came from (for messages); None for defaults.
+    pub path: Option<PathBuf>,
+    /// `listen`: address the proxy binds when not socket-activated.
+    pub listen: SocketAddr,
+    /// `store`: which local store to serve.
+    pub store: StoreUri,
+    /// `privateKeyFile`: the signer's key (read by the signer only).
+    pub private_key_file: Option<PathBuf>,
+    /// `trustedPublicKeys`.
+    pub trusted_public_keys: Vec<PublicKey>,
+    /// `upstreams`.
+    pub upstreams: Vec<Upstream>,
+    /// `peers`: base URLs of other proxies.
+    pub peers: Vec<String>,
+    /// `priority` in /nix-cache-info.
+    pub priority: u32,
+    /// `wantMassQuery` in /nix-cache-info.
+    pub want_mass_query: bool,
+    /// `compression` of served NARs.
+    pub compression: NarCompression,
+    /// `idleExitSec`: exit after this long without requests (0 = never).
+    pub idle_exit_sec: u64,
+    /// `maxConnections`: concurrent connections served; more wait in the backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_raw(RawConfig::default(), None).expect("defaults are valid")
+    }
+}
+
+fn check_url(path: &Option<PathBuf>, key: &str, url: &str) -> Result<String, ConfigError> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() > "http://".len() + 1
+        && !url.contains(char::is_whitespace);
+    if ok {
+        Ok(url.trim_end_matches('/').to_string())
+    } else {
+        Err(invalid(path, key, format!("{url:?} is not an http:// or https:// URL")))
+    }
+}
+
+fn invalid(path: &Option<PathBuf>, key: &str, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.clone().unwrap_or_else(|| PathBuf::from("<defaults>")),
+        key: key.to_string(),
+        reason,
+    }
+}
+
+impl Config {
+    /// Load and validate a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, Some(path))
+    }
+
+    /// Parse and validate TOML text.
+    pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("<string>")),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        Config::from_raw(raw, path.map(Path::to_path_buf))
+    }
+
+    fn from_raw(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let listen = match raw.listen {
+            None => SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 0], DEFAULT_PORT)),
+            Some(s) => s.parse().map_err(|_| {
+                invalid(&path, "listen", format!("{s:?} is not an address:port such as \"127.0.0.1:{DEFAULT_PORT}\" or \"[::]:{DEFAULT_PORT}\""))
+            })?,
+        };
+        let store = match raw.store.as_deref() {
+            None => StoreUri::System,
+            Some(s) => StoreUri::parse(s).map_err(|e| invalid(&path, "store", e.to_string()))?,
+        };
+        if let Some(k) = &raw.private_key_file {
+            if !k.is_absolute() {
+                return Err(invalid(&path, "privateKeyFile", format!("{} must be an absolute path", k.display())));
+            }
+        }
+        let trusted_public_keys = raw
+            .trusted_public_keys
+            .iter()
+            .map(|k| PublicKey::parse(k).map_err(|e| invalid(&path, "trustedPublicKeys", format!("{k:?}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut upstreams = Vec::new();
+        for u in raw.upstreams {
+            let (url, keys) = match u {
+                UpstreamSpec::Url(url) => (url, vec![]),
+                UpstreamSpec::Full { url, public_keys } => (url, public_keys),
+            };
+            let url = check_url(&path, "upstreams", &url)?;
+            let public_keys = keys
+                .iter()
+                .map(|k| PublicKey::parse(k).map_err(|e| invalid(&path, "upstreams.publicKeys", format!("{k:?}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            upstreams.push(Upstream { url, public_keys });
+        }
+        let peers = raw
+            .peers
+            .iter()
+            .map(|p| check_url(&path, "peers", p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_connections = raw.max_connections.unwrap_or(1024);
+        if max_connections == 0 {
+            return Err(invalid(&path, "maxConnections", "must be at least 1".into()));
+        }
+        Ok(Config {
+            path,
+            listen,
+            store,
+            private_key_file: raw.private_key_file,
+            trusted_public_keys,
+            upstreams,
+            peers,
+            priority: raw.priority.unwrap_or(30),
+            want_mass_query: raw.want_mass_query.unwrap_or(true),
+            compression: raw.compression.unwrap_or_default(),
+            idle_exit_sec: raw.idle_exit_sec.unwrap_or(0),
+            max_connections,
+        })
+    }
+}
