@@ -1,0 +1,391 @@
+# NixOS module for distributed-store, a peer-to-peer Nix binary cache.
+#
+# The units, the socket, the D-Bus policy and the D-Bus activation file come
+# from the package (dist/ in the repository, installed by the flake's
+# package): `systemd.packages` and `services.dbus.packages` pick them up, so
+# NixOS runs the same files as every other distribution. This module only
+# writes /etc/distributed-store/config.toml, declares the two system users and
+# adds drop-ins: the socket's address, the signing key's credential, restart
+# triggers and hardening that repeats (never loosens) what the units say.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  inherit (lib) types mkOption;
+
+  cfg = config.services.distributed-store;
+  format = pkgs.formats.toml { };
+
+  defaultPort = 5496;
+
+  # The proxy parses `listen` as a socket address: a literal IPv4 address or
+  # a bracketed IPv6 address, then a port. No host names.
+  listenMatch = builtins.match "(\\[[0-9A-Fa-f:.]+]|[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+):([0-9]{1,5})" cfg.settings.listen;
+  listenHost = if listenMatch == null then null else builtins.elemAt listenMatch 0;
+  listenPortRaw = if listenMatch == null then null else lib.toInt (builtins.elemAt listenMatch 1);
+  listenValid = listenPortRaw != null && listenPortRaw >= 1 && listenPortRaw <= 65535;
+  # Fall back to the default port while invalid so that other modules forcing
+  # e.g. the firewall ports still evaluate and our assertion is what the user sees.
+  port = if listenValid then listenPortRaw else defaultPort;
+  isWildcard = listenHost == "[::]" || listenHost == "0.0.0.0";
+  isLoopback = listenHost == "[::1]" || lib.hasPrefix "127." (toString listenHost);
+  # How the local Nix reaches the proxy.
+  localHost = if !listenValid || isWildcard then "127.0.0.1" else listenHost;
+  localUrl = "http://${localHost}:${toString port}";
+
+  keyFile = cfg.settings.privateKeyFile;
+  keyInStore =
+    keyFile != null
+    && (lib.hasPrefix "${builtins.storeDir}/" keyFile || lib.hasPrefix "/nix/store/" keyFile);
+
+  upstreamKeys = lib.concatMap (u: if builtins.isAttrs u then u.publicKeys else [ ]) cfg.settings.upstreams;
+  nixKeys = lib.unique (cfg.settings.trustedPublicKeys ++ upstreamKeys);
+
+  # TOML has no null: an option left at null is simply not written, and the
+  # service uses its own default.
+  configFile = format.generate "distributed-store.toml" (
+    lib.filterAttrsRecursive (_: v: v != null) cfg.settings
+  );
+
+  # `name:base64(32 bytes)`, the form `nix-store --generate-binary-cache-key`
+  # writes to the public key file. A secret key (64 bytes) does not match,
+  # which catches pasting the wrong file.
+  publicKeyType = types.strMatching "[^:[:space:]]+:[A-Za-z0-9+/]{43}=";
+
+  upstreamType = types.either types.str (
+    types.submodule {
+      options = {
+        url = mkOption {
+          type = types.str;
+          example = "https://cache.nixos.org";
+          description = "Base URL of the upstream binary cache.";
+        };
+        publicKeys = mkOption {
+          type = types.listOf publicKeyType;
+          default = [ ];
+          example = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+          description = ''
+            Keys this upstream signs with. The proxy trusts them for paths
+            from this upstream, and with
+            {option}`services.distributed-store.addToSubstituters` they are
+            added to {option}`nix.settings.trusted-public-keys`.
+          '';
+        };
+      };
+    }
+  );
+
+  # Repeats the units' own hardening (dist/systemd/*.service) as defaults, so
+  # a package with older unit files still gets it; nothing here is looser
+  # than the units. Note for list-valued settings: a drop-in *adds* to the
+  # unit's list, so SystemCallFilter repeats the whole allow-then-deny
+  # sequence (a bare "@system-service" would re-allow what "~@privileged"
+  # removed), and the signer's address families stay AF_UNIX only.
+  commonHardening = {
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged"
+      "~@resources"
+    ];
+    CapabilityBoundingSet = "";
+    UMask = "0077";
+  };
+
+  proxyHardening = commonHardening // {
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+    ];
+    StateDirectory = "distributed-store";
+    CacheDirectory = "distributed-store";
+  };
+
+  signerHardening = commonHardening // {
+    # The signer talks D-Bus only; it never needs a network.
+    PrivateNetwork = true;
+    RestrictAddressFamilies = [ "AF_UNIX" ];
+  };
+in
+{
+  options.services.distributed-store = {
+    enable = lib.mkEnableOption ''
+      distributed-store, a peer-to-peer Nix binary cache: a socket-activated
+      proxy that serves this machine's store to its peers and to the local Nix,
+      and a D-Bus-activated signer that holds the signing key'';
+
+    package = mkOption {
+      type = types.package;
+      default =
+        pkgs.distributed-store or (throw ''
+          services.distributed-store.package: pkgs.distributed-store does not exist.
+          Import the flake's nixosModules.default (it sets this option), add its
+          overlays.default to nixpkgs.overlays, or set this option to the package.'');
+      defaultText = lib.literalExpression "pkgs.distributed-store";
+      description = ''
+        The distributed-store package. It must ship the unit files, the
+        D-Bus policy and the D-Bus activation file (the flake's package does).
+      '';
+    };
+
+    addToSubstituters = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Make the local Nix use the proxy: puts `http://127.0.0.1:PORT` (the
+        address from {option}`settings.listen`; a wildcard address becomes
+        127.0.0.1) first in {option}`nix.settings.substituters`, and adds
+        {option}`settings.trustedPublicKeys` and the upstreams' `publicKeys`
+        to {option}`nix.settings.trusted-public-keys`. Nix still checks every
+        signature itself.
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Open the proxy's TCP port in the firewall, so that peers can fetch
+        from this machine.
+      '';
+    };
+
+    settings = mkOption {
+      default = { };
+      description = ''
+        Contents of /etc/distributed-store/config.toml, shared by all
+        services. Keys not listed here can be set too (freeform, e.g.
+        `store`, `wantMassQuery`, `maxConnections`), but the services reject
+        keys they do not know: see docs/nixos.md for the full list.
+        Options left at `null` are not written and take the service's default.
+      '';
+      type = types.submodule {
+        freeformType = format.type;
+        options = {
+          listen = mkOption {
+            type = types.str;
+            default = "[::]:${toString defaultPort}";
+            example = "127.0.0.1:${toString defaultPort}";
+            description = ''
+              Address and port of the proxy: a literal IPv4 address or a
+              bracketed IPv6 address, and a port. The socket unit listens
+              here (`[::]` listens on IPv4 too). Use a loopback address for a
+              proxy that only the local Nix uses.
+            '';
+          };
+
+          peers = mkOption {
+            type = types.listOf (types.strMatching "https?://.+");
+            default = [ ];
+            example = [ "http://build1:${toString defaultPort}" ];
+            description = ''
+              Base URLs of other machines' proxies to ask for paths this
+              machine lacks. A peer answers from its own local store only.
+            '';
+          };
+
+          upstreams = mkOption {
+            type = types.listOf upstreamType;
+            default = [ ];
+            example = lib.literalExpression ''
+              [
+                {
+                  url = "https://cache.nixos.org";
+                  publicKeys = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+                }
+              ]
+            '';
+            description = ''
+              Binary caches to fall back to when no peer has a path: URLs, or
+              `{ url, publicKeys }` tables. Empty: peers and the local store only
+              (the local Nix still has its other substituters).
+            '';
+          };
+
+          trustedPublicKeys = mkOption {
+            type = types.listOf publicKeyType;
+            default = [ ];
+            example = [ "fleet-1:rDtdWTDXj4F9xlfPuLSX2Q1dPOFS3SBJPqJuEpWMJVg=" ];
+            description = ''
+              Keys (`name:base64`, the contents of a public key file) whose
+              signatures the proxy accepts on peers' answers. It relays only
+              narinfos signed by one of these or by an upstream's key.
+            '';
+          };
+
+          privateKeyFile = mkOption {
+            type = types.nullOr types.path;
+            default = null;
+            apply = p: if p == null then null else toString p;
+            example = "/run/keys/distributed-store.sec";
+            description = ''
+              Secret key (from `nix-store --generate-binary-cache-key` or
+              `distributed-store keygen`) with which the signer signs the paths
+              this machine built. Only the signer can read it: systemd passes
+              it as the credential `signing-key` (`LoadCredential=`). Give a
+              path outside the Nix store as a string (a Nix path literal such
+              as `./key` would copy the key into the world-readable store).
+              `null`: the unit's own default, /etc/distributed-store/signing-key,
+              is used when it exists.
+            '';
+          };
+
+          priority = mkOption {
+            type = types.ints.unsigned;
+            default = 30;
+            description = ''
+              `Priority` in /nix-cache-info. Nix tries substituters in
+              priority order (lower first); cache.nixos.org has 40.
+            '';
+          };
+
+          compression = mkOption {
+            type = types.enum [
+              "zstd"
+              "xz"
+              "none"
+            ];
+            default = "zstd";
+            description = ''
+              Compression of the NARs the proxy serves. `zstd` is fast to
+              produce and decode, `xz` small and slow, `none` allows resumed
+              (ranged) downloads.
+            '';
+          };
+
+          idleExitSec = mkOption {
+            type = types.ints.unsigned;
+            default = 0;
+            example = 600;
+            description = ''
+              Seconds without requests after which a service exits; socket
+              and D-Bus activation start it again on demand. `0`: never.
+            '';
+          };
+        };
+      };
+    };
+  };
+
+  config = lib.mkIf cfg.enable (
+    lib.mkMerge [
+      {
+        assertions = [
+          {
+            assertion = !keyInStore;
+            message = ''
+              services.distributed-store.settings.privateKeyFile = "${toString keyFile}" is in
+              the Nix store. Everything there is world-readable (and copied along with the
+              system closure), so the key would no longer be secret. Keep the key outside
+              the store (e.g. /run/keys/distributed-store.sec, or a path managed by
+              agenix/sops-nix) and give its path as a string, not a Nix path literal.
+            '';
+          }
+          {
+            assertion = listenValid;
+            message = ''
+              services.distributed-store.settings.listen = "${cfg.settings.listen}" is not
+              ADDRESS:PORT with a literal IP address (IPv6 in brackets) and a port from 1 to
+              65535. Examples: "[::]:${toString defaultPort}" (all addresses),
+              "127.0.0.1:${toString defaultPort}" (local Nix only).
+            '';
+          }
+        ];
+
+        warnings =
+          lib.optional (cfg.addToSubstituters && nixKeys == [ ] && keyFile == null) ''
+            services.distributed-store.addToSubstituters is on, but neither
+            settings.trustedPublicKeys, an upstream's publicKeys nor settings.privateKeyFile
+            is set. Nix requires a trusted signature on every input-addressed path, so it
+            will refuse everything the proxy offers except paths signed by keys that are
+            already in nix.settings.trusted-public-keys (such as cache.nixos.org's).
+            Add your fleet's public key to settings.trustedPublicKeys.''
+          ++ lib.optional (cfg.openFirewall && listenValid && isLoopback) ''
+            services.distributed-store.openFirewall is on, but settings.listen
+            ("${cfg.settings.listen}") is a loopback address: peers cannot connect anyway.'';
+
+        environment.systemPackages = [ cfg.package ];
+        environment.etc."distributed-store/config.toml".source = configFile;
+
+        systemd.packages = [ cfg.package ];
+        services.dbus.packages = [ cfg.package ];
+
+        # Static users, as in dist/sysusers.d/distributed-store.conf: two users
+        # so that the proxy can never read the signing key.
+        users.users.distributed-store = {
+          isSystemUser = true;
+          group = "distributed-store";
+          description = "distributed-store proxy";
+        };
+        users.users.distributed-store-signer = {
+          isSystemUser = true;
+          group = "distributed-store-signer";
+          description = "distributed-store signer";
+        };
+        users.groups.distributed-store = { };
+        users.groups.distributed-store-signer = { };
+
+        # NixOS ignores [Install] sections of packaged units.
+        systemd.sockets.distributed-store-proxy = {
+          wantedBy = [ "sockets.target" ];
+          # The empty assignment drops the unit's own ListenStream= first.
+          socketConfig.ListenStream = [
+            ""
+            cfg.settings.listen
+          ];
+        };
+
+        systemd.services.distributed-store-proxy = {
+          restartTriggers = [ configFile ];
+          serviceConfig = lib.mapAttrs (_: lib.mkDefault) proxyHardening;
+        };
+
+        systemd.services.distributed-store-signer = {
+          restartTriggers = [ configFile ];
+          serviceConfig = lib.mkMerge [
+            (lib.mapAttrs (_: lib.mkDefault) signerHardening)
+            (lib.mkIf (keyFile != null) {
+              # Replace the unit's default source of the credential.
+              LoadCredential = [
+                ""
+                "signing-key:${keyFile}"
+              ];
+            })
+          ];
+        };
+      }
+
+      (lib.mkIf cfg.openFirewall {
+        networking.firewall.allowedTCPPorts = [ port ];
+      })
+
+      (lib.mkIf cfg.addToSubstituters {
+        nix.settings.substituters = lib.mkBefore [ localUrl ];
+        nix.settings.trusted-public-keys = nixKeys;
+      })
+    ]
+  );
+}

@@ -1,0 +1,168 @@
+# Module configurations the evaluation test runs. Each case is a NixOS module;
+# check.py holds what is expected of each (by name).
+let
+  fleetKey = "fleet-1:rDtdWTDXj4F9xlfPuLSX2Q1dPOFS3SBJPqJuEpWMJVg=";
+  upstreamKey = "cache.example.org-1:0f6N5Q3MWXDlWlFdiQ6NKcOyawuexmeJyv9R0xLtSWk=";
+in
+{
+  # Module imported, nothing set.
+  disabled = { };
+
+  # Everything set but enable: still nothing may change.
+  disabled-with-settings = {
+    services.distributed-store = {
+      addToSubstituters = true;
+      openFirewall = true;
+      settings = {
+        privateKeyFile = "/nix/store/00000000000000000000000000000000-key";
+        listen = "not an address";
+        trustedPublicKeys = [ fleetKey ];
+      };
+    };
+  };
+
+  enabled-minimal = {
+    services.distributed-store.enable = true;
+  };
+
+  enabled-with-key = {
+    services.distributed-store = {
+      enable = true;
+      settings = {
+        privateKeyFile = "/run/keys/ds.sec";
+        trustedPublicKeys = [ fleetKey ];
+        peers = [ "http://build1:5496" ];
+        upstreams = [
+          "https://mirror.example.org"
+          {
+            url = "https://cache.example.org";
+            publicKeys = [ upstreamKey ];
+          }
+        ];
+        compression = "xz";
+        idleExitSec = 600;
+      };
+    };
+  };
+
+  add-substituters = {
+    services.distributed-store = {
+      enable = true;
+      addToSubstituters = true;
+      settings = {
+        trustedPublicKeys = [ fleetKey ];
+        upstreams = [
+          {
+            url = "https://cache.example.org";
+            publicKeys = [ upstreamKey ];
+          }
+        ];
+      };
+    };
+  };
+
+  add-substituters-false = {
+    services.distributed-store = {
+      enable = true;
+      addToSubstituters = false;
+      settings.trustedPublicKeys = [ fleetKey ];
+    };
+  };
+
+  add-substituters-no-keys = {
+    services.distributed-store = {
+      enable = true;
+      addToSubstituters = true;
+    };
+  };
+
+  key-in-store = {
+    services.distributed-store = {
+      enable = true;
+      settings.privateKeyFile = "/nix/store/00000000000000000000000000000000-ds.sec";
+    };
+  };
+
+  listen-port = {
+    services.distributed-store = {
+      enable = true;
+      addToSubstituters = true;
+      openFirewall = true;
+      settings.listen = "[::]:6001";
+      settings.trustedPublicKeys = [ fleetKey ];
+    };
+  };
+
+  listen-loopback-firewall = {
+    services.distributed-store = {
+      enable = true;
+      openFirewall = true;
+      settings.listen = "127.0.0.1:5496";
+    };
+  };
+
+  listen-ipv6-loopback = {
+    services.distributed-store = {
+      enable = true;
+      addToSubstituters = true;
+      settings.listen = "[::1]:7000";
+      settings.trustedPublicKeys = [ fleetKey ];
+    };
+  };
+
+  bad-listen-host = {
+    services.distributed-store = {
+      enable = true;
+      openFirewall = true;
+      settings.listen = "localhost:5496";
+    };
+  };
+
+  bad-listen-port = {
+    services.distributed-store = {
+      enable = true;
+      settings.listen = "[::]:70000";
+    };
+  };
+
+  freeform = {
+    services.distributed-store = {
+      enable = true;
+      settings = {
+        store = "local?root=/srv/nix";
+        wantMassQuery = false;
+        maxConnections = 64;
+      };
+    };
+  };
+
+  hardening-override = {
+    services.distributed-store.enable = true;
+    systemd.services.distributed-store-proxy.serviceConfig.MemoryDenyWriteExecute = false;
+  };
+
+  # Expected to fail evaluation (run.sh checks the error message).
+  bad-compression = {
+    services.distributed-store = {
+      enable = true;
+      settings.compression = "gzip";
+    };
+  };
+
+  bad-public-key = {
+    services.distributed-store = {
+      enable = true;
+      # A secret key (64 bytes) pasted where the public key belongs.
+      settings.trustedPublicKeys = [
+        "fleet-1:3lDb9ASnWZ1G8Ei2r4XU4A7kEcAtPaqQu6brVBTHPUmt3oMW0fRIJ3TiPLRfhtZIh8UTsnBYIa4JhaEkw1n1PA=="
+      ];
+    };
+  };
+
+  bad-peer = {
+    services.distributed-store = {
+      enable = true;
+      settings.peers = [ "build1:5496" ];
+    };
+  };
+}
