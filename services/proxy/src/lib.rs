@@ -1,1 +1,303 @@
-//! placeholder
+//! The proxy: the Nix binary-cache HTTP protocol over the local store.
+//!
+//! Routes: `/nix-cache-info`, `/<hash>.narinfo` (GET, HEAD),
+//! `/nar/<hash>-<narhash>.nar[.zst|.xz]` (GET, HEAD; Range when
+//! uncompressed), `/metrics`. NARs are generated from the store on the fly,
+//! verified against the database while streaming and compressed on the fly.
+//! narinfo files carry the signatures stored with the path plus this node's
+//! own (from the signer over D-Bus, once per path).
+
+pub mod body;
+pub mod metrics;
+pub mod route;
+pub mod server;
+pub mod signing;
+pub mod status;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use ds_core::{CacheInfo, NarInfo, StorePathHash};
+use ds_runtime::config::NarCompression;
+use ds_runtime::Config;
+use ds_store::{LocalStore, PathInfo};
+
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::route::Route;
+use crate::signing::SignerClient;
+use crate::status::Stats;
+
+/// Everything a request handler needs.
+pub struct App {
+    /// Validated config.
+    pub config: Config,
+    /// The local store.
+    pub store: Arc<LocalStore>,
+    /// This node's signatures.
+    pub signer: Arc<SignerClient>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Counters for D-Bus status.
+    pub stats: Arc<Stats>,
+    cache_info: String,
+}
+
+impl App {
+    /// Build the app state.
+    pub fn new(config: Config, store: Arc<LocalStore>, signer: Arc<SignerClient>, stats: Arc<Stats>) -> Self {
+        let cache_info = CacheInfo {
+            store_dir: ds_core::STORE_DIR.to_string(),
+            want_mass_query: config.want_mass_query,
+            priority: config.priority,
+        }
+        .render();
+        App {
+            config,
+            store,
+            signer,
+            metrics: Metrics::new(),
+            stats,
+            cache_info,
+        }
+    }
+
+    /// Handle one request (the whole HTTP API).
+    pub async fn handle(self: Arc<Self>, req: Request<Body>) -> Response<Body> {
+        let started = Instant::now();
+        let route = route::parse(req.uri().path());
+        let label = route.label();
+        let response = match (req.method(), route) {
+            (_, Route::Bad(reason)) => text(StatusCode::BAD_REQUEST, format!("bad request: {reason}\n")),
+            (m, _) if m != Method::GET && m != Method::HEAD => {
+                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "this cache is read-only: GET and HEAD only\n".into());
+                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                r
+            }
+            (_, Route::CacheInfo) => typed(StatusCode::OK, "text/x-nix-cache-info", self.cache_info.clone()),
+            (_, Route::Metrics) => typed(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics.encode(),
+            ),
+            (_, Route::NotFound) => not_found(),
+            (_, Route::NarInfo(hash)) => self.narinfo(hash).await,
+            (m, Route::Nar { hash, nar_hash, compression }) => {
+                self.nar(hash, &nar_hash, compression, req.headers(), m == Method::HEAD).await
+            }
+        };
+        let status = response.status().as_u16();
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.metrics.requests.get_or_create(&RequestLabels { route: label, status }).inc();
+        self.metrics
+            .latency
+            .get_or_create(&RouteLabels { route: label })
+            .observe(started.elapsed().as_secs_f64());
+        if req.method() == Method::HEAD {
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, Body::empty());
+        }
+        response
+    }
+
+    async fn lookup(&self, hash: StorePathHash) -> Result<Option<PathInfo>, Response<Body>> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.path_info(&hash)).await {
+            Ok(Ok(info)) => Ok(info),
+            Ok(Err(e)) => {
+                tracing::error!("store lookup failed: {e}");
+                Err(text(StatusCode::INTERNAL_SERVER_ERROR, format!("local store lookup failed: {e}\n")))
+            }
+            Err(e) => Err(text(StatusCode::INTERNAL_SERVER_ERROR, format!("lookup task failed: {e}\n"))),
+        }
+    }
+
+    async fn narinfo(&self, hash: StorePathHash) -> Response<Body> {
+        let info = match self.lookup(hash).await {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                self.stats.narinfo_misses.fetch_add(1, Ordering::Relaxed);
+                return not_found();
+            }
+            Err(r) => return r,
+        };
+        self.stats.narinfo_hits.fetch_add(1, Ordering::Relaxed);
+        let mut sigs = info.sigs.clone();
+        if let Some(sig) = self.signer.sign(&info.path).await {
+            if !sigs.contains(&sig) {
+                sigs.push(sig);
+            }
+        }
+        let compression = self.config.compression;
+        let nar_hash32 = ds_core::base32::encode(&info.nar_hash.digest);
+        let uncompressed = compression == NarCompression::None;
+        let narinfo = NarInfo {
+            url: route::nar_url(info.path.hash(), &nar_hash32, compression),
+            compression: compression.to_core(),
+            file_hash: uncompressed.then(|| info.nar_hash.clone()),
+            file_size: uncompressed.then_some(info.nar_size),
+            store_path: info.path,
+            nar_hash: info.nar_hash,
+            nar_size: info.nar_size,
+            references: info.references,
+            deriver: info.deriver,
+            sigs,
+            ca: info.ca,
+        };
+        typed(StatusCode::OK, "text/x-nix-narinfo", narinfo.render())
+    }
+
+    async fn nar(
+        &self,
+        hash: StorePathHash,
+        nar_hash32: &str,
+        compression: NarCompression,
+        headers: &HeaderMap,
+        head_only: bool,
+    ) -> Response<Body> {
+        let info = match self.lookup(hash).await {
+            Ok(Some(info)) => info,
+            Ok(None) => return not_found(),
+            Err(r) => return r,
+        };
+        // The URL names the NAR it was issued for: a path rebuilt with other
+        // contents since is not that NAR.
+        if ds_core::base32::encode(&info.nar_hash.digest) != nar_hash32 {
+            return not_found();
+        }
+        let size = info.nar_size;
+        let range = if compression == NarCompression::None {
+            match headers.get(header::RANGE).map(|v| parse_range(v, size)) {
+                None => None,
+                Some(Ok(r)) => Some(r),
+                Some(Err(())) => {
+                    let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "unsatisfiable range\n".into());
+                    r.headers_mut()
+                        .insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{size}")).unwrap_or(HeaderValue::from_static("bytes */0")));
+                    return r;
+                }
+            }
+        } else {
+            None
+        };
+        let mut builder = Response::builder()
+            .header(header::CONTENT_TYPE, "application/x-nix-nar")
+            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+        if compression == NarCompression::None {
+            builder = builder.header(header::ACCEPT_RANGES, "bytes");
+        }
+        if head_only {
+            if compression == NarCompression::None {
+                builder = builder.header(header::CONTENT_LENGTH, size);
+            }
+            return builder.status(StatusCode::OK).body(Body::empty()).unwrap_or_else(|_| internal());
+        }
+        let reader = match self.store.nar_reader(&info.path) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(path = %info.path, "cannot read NAR: {e}");
+                return text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read {}: {e}\n", info.path));
+            }
+        };
+        let raw = body::from_blocking_reader(reader);
+        let stats = self.stats.clone();
+        let nar_bytes = self.metrics.nar_bytes.clone();
+        let count = move |n: u64| {
+            stats.nar_bytes_sent.fetch_add(n, Ordering::Relaxed);
+            nar_bytes.inc_by(n);
+        };
+        let stream = match range {
+            Some((start, end)) => {
+                builder = builder
+                    .status(StatusCode::PARTIAL_CONTENT)
+                    .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
+                    .header(header::CONTENT_LENGTH, end - start + 1);
+                body::slice(raw, start, end - start + 1)
+            }
+            None => {
+                let verified: body::ByteStream = Box::pin(body::Verified::new(raw, info.nar_hash.clone(), size));
+                if compression == NarCompression::None {
+                    builder = builder.status(StatusCode::OK).header(header::CONTENT_LENGTH, size);
+                } else {
+                    builder = builder.status(StatusCode::OK);
+                }
+                body::compress(verified, compression)
+            }
+        };
+        builder
+            .body(Body::from_stream(body::counted(stream, count)))
+            .unwrap_or_else(|_| internal())
+    }
+}
+
+/// Parse a single `bytes=a-b` / `bytes=a-` / `bytes=-n` range; `Err` when
+/// unsatisfiable or malformed (multiple ranges are not supported: Nix never
+/// sends them).
+fn parse_range(v: &HeaderValue, size: u64) -> Result<(u64, u64), ()> {
+    let s = v.to_str().map_err(|_| ())?.trim();
+    let spec = s.strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') || size == 0 {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| ())?;
+            if n == 0 {
+                return Err(());
+            }
+            (size.saturating_sub(n), size - 1)
+        }
+        (a, "") => (a.parse().map_err(|_| ())?, size - 1),
+        (a, b) => {
+            let (a, b): (u64, u64) = (a.parse().map_err(|_| ())?, b.parse().map_err(|_| ())?);
+            (a, b.min(size - 1))
+        }
+    };
+    if start > end || start >= size {
+        return Err(());
+    }
+    Ok((start, end))
+}
+
+fn typed(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body))
+        .unwrap_or_else(|_| internal())
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    typed(status, "text/plain; charset=utf-8", body)
+}
+
+fn not_found() -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "not found\n".into())
+}
+
+fn internal() -> Response<Body> {
+    let mut r = Response::new(Body::from("internal error\n"));
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(parse_range(&v("bytes=0-9"), 100), Ok((0, 9)));
+        assert_eq!(parse_range(&v("bytes=90-"), 100), Ok((90, 99)));
+        assert_eq!(parse_range(&v("bytes=-10"), 100), Ok((90, 99)));
+        assert_eq!(parse_range(&v("bytes=50-1000"), 100), Ok((50, 99)));
+        assert_eq!(parse_range(&v("bytes=-1000"), 100), Ok((0, 99)));
+        for bad in ["bytes=100-", "bytes=5-2", "bytes=0-1,3-4", "items=0-1", "bytes=a-b", "bytes=-0"] {
+            assert_eq!(parse_range(&HeaderValue::from_str(bad).unwrap(), 100), Err(()), "{bad}");
+        }
+    }
+}

@@ -150,6 +150,14 @@ impl Default for Config {
     }
 }
 
+/// The store as written in config (`local`, `local?root=DIR`).
+pub fn store_display(store: &StoreUri) -> String {
+    match store {
+        StoreUri::System => "local".to_string(),
+        StoreUri::Chroot(dir) => format!("local?root={}", dir.display()),
+    }
+}
+
 fn check_url(path: &Option<PathBuf>, key: &str, url: &str) -> Result<String, ConfigError> {
     let ok = (url.starts_with("http://") || url.starts_with("https://"))
         && url.len() > "http://".len() + 1

@@ -1,0 +1,86 @@
+//! `org.distributedstore.Proxy1`: read-only status for `busctl` and
+//! `distributed-store status`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use zbus::interface;
+
+use crate::signing::SignerClient;
+
+/// Counters shared by the HTTP side and the D-Bus object.
+#[derive(Default)]
+pub struct Stats {
+    /// All HTTP requests answered.
+    pub requests: AtomicU64,
+    /// narinfo found locally.
+    pub narinfo_hits: AtomicU64,
+    /// narinfo 404.
+    pub narinfo_misses: AtomicU64,
+    /// NAR bytes sent.
+    pub nar_bytes_sent: AtomicU64,
+}
+
+/// The D-Bus object.
+pub struct Status {
+    /// Shared counters.
+    pub stats: Arc<Stats>,
+    /// Listening addresses.
+    pub listen: String,
+    /// Store served.
+    pub store: String,
+    /// For the public key.
+    pub signer: Arc<SignerClient>,
+    /// Start time.
+    pub started: Instant,
+}
+
+#[interface(name = "org.distributedstore.Proxy1")]
+impl Status {
+    /// Addresses served.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn listen(&self) -> String {
+        self.listen.clone()
+    }
+    /// Store served.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn store(&self) -> String {
+        self.store.clone()
+    }
+    /// This node's public key (asks the signer; empty without a key).
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn public_key(&self) -> String {
+        self.signer.public_key().await.unwrap_or_default()
+    }
+    /// HTTP requests answered.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn requests(&self) -> u64 {
+        self.stats.requests.load(Ordering::Relaxed)
+    }
+    /// narinfo answered from the local store.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn narinfo_hits(&self) -> u64 {
+        self.stats.narinfo_hits.load(Ordering::Relaxed)
+    }
+    /// narinfo answered 404.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn narinfo_misses(&self) -> u64 {
+        self.stats.narinfo_misses.load(Ordering::Relaxed)
+    }
+    /// NAR bytes sent.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn nar_bytes_sent(&self) -> u64 {
+        self.stats.nar_bytes_sent.load(Ordering::Relaxed)
+    }
+    /// Seconds since start.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn uptime_seconds(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+    /// Version of the proxy.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_string()
+    }
+}
