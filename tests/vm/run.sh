@@ -1,0 +1,403 @@
+#!/usr/bin/env bash
+# QEMU-VM systemd tests of distributed-store (Debian bookworm guests, TCG, private L2 switch).
+#
+#   tests/vm/run.sh [--nodes 2|3] [--bins DIR] [--quick] [--selftest] [--peers] [--keep] [--cache DIR]
+#
+#   --bins DIR   directory holding distributed-store, distributed-store-proxy and
+#                distributed-store-signer (e.g. target/release). Without it the driver
+#                runs `cargo build --release` in the repo and uses the workspace's target dir.
+#   --nodes N    2 or 3 (default 3; 2 for --selftest). node1 builds and signs; node2 substitutes from node1
+#                over the network; node3 substitutes through its own local proxy (peers).
+#   --quick      CI mode: 2 nodes, the same checks.
+#   --selftest   check the harness itself with demo units (tests/vm/selftest/): socket and
+#                D-Bus activation, signed Nix substitution. Needs no project binary.
+#   --peers      make the node3 peer-substitution check mandatory (default: SKIP when it fails,
+#                because peers are not implemented yet).
+#   --keep       leave the VMs running at the end (prints how to reach and stop them).
+#   --cache DIR  image cache (default $DSVM_CACHE or ${XDG_CACHE_HOME:-$HOME/.cache}/distributed-store-vm).
+#
+# Prints one "ok"/"FAIL"/"SKIP" line per check and a final "N passed, N failed, N skipped"
+# line; exits 1 if any check failed. Needs root (debootstrap, qemu) and the packages of
+# install-deps.sh, which it runs when a tool is missing.
+#
+# Safety: the VMs are on a vde_switch (unix sockets, pure L2) private to this run; guests have
+# no default route, DNS or NAT; no IP address is configured on the host. Only the VMs and the
+# switch this run started are stopped (by PID, from this run's own state dir).
+set -uo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+VM="$HERE/vm.sh"
+
+NODES= BINS= MODE=full KEEP=0 PEERS=0
+export DSVM_CACHE="${DSVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/distributed-store-vm}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) NODES="${2:?--nodes needs 2 or 3}"; shift 2 ;;
+    --bins) BINS="${2:?--bins needs a directory}"; shift 2 ;;
+    --quick) NODES=2; shift ;;
+    --selftest) MODE=selftest; shift ;;
+    --peers) PEERS=1; shift ;;
+    --keep) KEEP=1; shift ;;
+    --cache) DSVM_CACHE="${2:?--cache needs a directory}"; shift 2 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ -n "$NODES" ] || { [ "$MODE" = selftest ] && NODES=2 || NODES=3; }
+case "$NODES" in 2|3) ;; *) echo "run.sh: --nodes must be 2 or 3" >&2; exit 2 ;; esac
+
+# ---- reporting ---------------------------------------------------------------
+PASSED=0 FAILED=0 SKIPPED=0
+now() { date +%s.%N; }
+since() { awk "BEGIN{printf \"%.1f\", $(now) - $1}"; }
+T_ALL=$(now)
+say() { printf '%s\n' "$*"; }
+pass() { say "ok   $1"; PASSED=$((PASSED + 1)); }
+fail() { say "FAIL $1"; [ -z "${2:-}" ] || printf '%s\n' "$2" | tail -25 | sed 's/^/     | /'; FAILED=$((FAILED + 1)); }
+skip() { say "SKIP $1 ($2)"; SKIPPED=$((SKIPPED + 1)); }
+summary() {
+  say "== timings"
+  say "  image build:   ${T_IMAGE:-?} s (${IMAGE_STATE:-?})"
+  say "  boot:          ${T_BOOT:-?} s ($NODES VMs in parallel, to agent + is-system-running)"
+  [ -z "${T_INSTALL:-}" ] || say "  install:       ${T_INSTALL} s"
+  [ -z "${T_CHECKS:-}" ] || say "  checks:        ${T_CHECKS} s"
+  say "  total:         $(since "$T_ALL") s"
+  say "$PASSED passed, $FAILED failed, $SKIPPED skipped"
+}
+abort() { fail "$1" "${2:-}"; summary; exit 1; }
+
+# ---- VM helpers ----------------------------------------------------------------
+x() { "$VM" exec "$@"; }                       # x NODE 'shell script'  (runs as root in the guest)
+# check DESC CMD...: a host command; pass if it exits 0, else show its output.
+check() {
+  local desc="$1" out; shift
+  if out=$("$@" 2>&1); then pass "$desc"; else fail "$desc" "$out"; fi
+}
+# g DESC NODE 'script': the guest script's exit code decides.
+g() { local desc="$1" node="$2"; shift 2; check "$desc" x "$node" "$*"; }
+# step DESC NODE 'script': a setup step; silent when it works, a FAIL with its output otherwise.
+step() {
+  local desc="$1" node="$2" out; shift 2
+  out=$(x "$node" "$*" 2>&1) || fail "$desc" "$out"
+}
+# val NODE 'script': the script's stdout (its stderr goes to the run's log).
+val() { x "$1" "$2" 2>>"$DSVM_RUN/stderr.log"; }
+
+# ---- state, cleanup ------------------------------------------------------------
+need_deps() {
+  local c; for c in qemu-system-x86_64 qemu-img debootstrap vde_switch mkfs.ext4 python3 flock; do
+    command -v "$c" >/dev/null || return 0; done; return 1
+}
+[ "$(id -u)" = 0 ] || { echo "run.sh: needs root (debootstrap, chroot, qemu)" >&2; exit 2; }
+if need_deps; then "$HERE/install-deps.sh" || abort "install-deps.sh"; fi
+
+mkdir -p "$DSVM_CACHE"; DSVM_CACHE="$(cd "$DSVM_CACHE" && pwd)"
+# Per-run state (overlays, sockets, console logs, share) in a fresh temp dir: runs can
+# go in parallel, and cleanup removes exactly this dir. Kept short for unix socket paths.
+export DSVM_RUN="${DSVM_RUN:-$(mktemp -d "${TMPDIR:-/tmp}/dsvm.XXXXXX")}"
+DSVM_RUN="$(mkdir -p "$DSVM_RUN" && cd "$DSVM_RUN" && pwd)"
+export DSVM_SHARE="$DSVM_RUN/share"
+export DSVM_EXEC_TIMEOUT="${DSVM_EXEC_TIMEOUT:-300}"
+cleanup() {
+  local rc=$?
+  if [ "$KEEP" = 1 ]; then
+    say "== --keep: VMs left running. Reach them with:"
+    say "   DSVM_CACHE=$DSVM_CACHE DSVM_RUN=$DSVM_RUN $VM exec node1 'systemctl status distributed-store-proxy'"
+    say "   stop: DSVM_CACHE=$DSVM_CACHE DSVM_RUN=$DSVM_RUN $VM stop-all && rm -rf $DSVM_RUN"
+  else
+    "$VM" stop-all >/dev/null 2>&1
+    rm -rf "$DSVM_RUN"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+NODE_LIST=(); for i in $(seq 1 "$NODES"); do NODE_LIST+=("node$i"); done
+
+# ---- image -------------------------------------------------------------------------
+say "== image ($DSVM_CACHE)"
+t=$(now)
+img_log=$("$HERE/build-image.sh" "$DSVM_CACHE" 2>&1) || abort "build-image.sh" "$img_log"
+T_IMAGE=$(since "$t")
+if grep -q 'cached:' <<<"$img_log"; then IMAGE_STATE=cached; else IMAGE_STATE=built; fi
+printf '%s\n' "$img_log" | sed 's/^/  /'
+
+# ---- share ---------------------------------------------------------------------------
+rm -rf "$DSVM_SHARE"; mkdir -p "$DSVM_SHARE/test"
+cp "$HERE/fixtures/hello.nix" "$DSVM_SHARE/test/"
+if [ "$MODE" = selftest ]; then
+  cp -r "$HERE/selftest" "$DSVM_SHARE/demo"
+else
+  if [ -z "$BINS" ]; then
+    say "== cargo build --release (no --bins given)"
+    (cd "$ROOT" && cargo build --release) || abort "cargo build --release"
+    BINS="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null ||
+            echo "$ROOT/target")/release"
+  fi
+  BINS="$(cd "$BINS" 2>/dev/null && pwd)" || abort "--bins directory does not exist"
+  say "== share: dev/install-files SHARE /opt/distributed-store/bin --bins $BINS"
+  out=$("$ROOT/dev/install-files" "$DSVM_SHARE" /opt/distributed-store/bin --bins "$BINS" 2>&1) \
+    || abort "dev/install-files" "$out"
+  (cd "$DSVM_SHARE" && find bin lib share -type f | sort | sed 's/^/  /')
+fi
+
+# ---- boot ------------------------------------------------------------------------------
+say "== boot ${NODE_LIST[*]} (parallel)"
+t=$(now)
+pids=()
+for n in "${NODE_LIST[@]}"; do "$VM" start "$n" "${n#node}" >"$DSVM_RUN/boot-$n.log" 2>&1 & pids+=($!); done
+boot_failed=
+for i in "${!pids[@]}"; do wait "${pids[$i]}" || boot_failed="$boot_failed ${NODE_LIST[$i]}"; done
+T_BOOT=$(since "$t")
+for n in "${NODE_LIST[@]}"; do sed 's/^/  /' "$DSVM_RUN/boot-$n.log"; done
+if [ -n "$boot_failed" ]; then
+  for n in $boot_failed; do say "  -- $n console:"; tail -30 "$DSVM_RUN/$n/console.log" 2>/dev/null | sed 's/^/  /'; done
+  abort "boot:$boot_failed"
+fi
+
+# ---- checks common to both modes -----------------------------------------------------------
+say "== harness"
+t=$(now); for _ in 1 2 3 4 5; do x node1 true; done
+T_EXEC=$(awk "BEGIN{printf \"%.2f\", ($(now) - $t)/5}")
+say "  exec round trip: $T_EXEC s"
+check "exec returns the guest's exit code and stdout" bash -c \
+  "out=\$('$VM' exec node1 'echo out; echo err >&2; exit 7' 2>/dev/null); test \$? = 7 && test \"\$out\" = out"
+for n in "${NODE_LIST[@]}"; do
+  g "$n: hostname, share mounted read-only, no default route" "$n" \
+    "test \"\$(hostname)\" = $n && grep -q ' /mnt/host 9p ro' /proc/mounts && ! ip route | grep -q default"
+done
+g "node2 reaches node1 on the private L2 network (ping 10.78.0.11)" node2 "busybox ping -c1 -W5 10.78.0.11"
+
+# =========================================================================================
+selftest() {
+  local TOKEN="token-$RANDOM$RANDOM" PUB SP
+  say "== selftest: socket activation (node1, demo units copied to /etc/systemd/system)"
+  step "install demo-http units" node1 "set -e; mkdir -p /srv/demo; echo $TOKEN >/srv/demo/hello.txt
+    cp /mnt/host/demo/demo-http.service /mnt/host/demo/demo-http.socket /etc/systemd/system/
+    systemctl daemon-reload; systemctl enable --now demo-http.socket"
+  g "socket listening, service NOT started yet" node1 \
+    'systemctl is-active demo-http.socket && test "$(systemctl is-active demo-http.service)" = inactive'
+  check "node2 curl http://10.78.0.11:8080/hello.txt answers (first connection starts the service)" bash -c \
+    "'$VM' exec node2 curl -sSf --max-time 60 http://10.78.0.11:8080/hello.txt | grep -qx '$TOKEN'"
+  g "service started by the first connection, got fd 3 from systemd" node1 \
+    'systemctl is-active demo-http.service && journalctl -u demo-http.service | grep -q "inherited fd 3"'
+
+  say "== selftest: D-Bus activation (node1)"
+  step "install demo D-Bus files" node1 'set -e
+    cp /mnt/host/demo/org.p2pcache.Demo1.conf /usr/share/dbus-1/system.d/
+    cp /mnt/host/demo/org.p2pcache.Demo1.service /usr/share/dbus-1/system-services/
+    cp /mnt/host/demo/demo-dbus.service /etc/systemd/system/
+    systemctl daemon-reload; systemctl enable demo-dbus.service; systemctl reload dbus'
+  g "name activatable, service not running" node1 \
+    'busctl --activatable list | grep -q org.p2pcache.Demo1 && test "$(systemctl is-active demo-dbus.service)" = inactive'
+  g "busctl introspect activates it" node1 'busctl introspect org.p2pcache.Demo1 /org/p2pcache/Demo1 | grep -q "\.Ping"'
+  g "busctl call Ping answers" node1 \
+    'busctl call org.p2pcache.Demo1 /org/p2pcache/Demo1 org.p2pcache.Demo1 Ping s hi | grep -q "pong from node1: hi"'
+  g "busctl status shows the systemd unit; unit active" node1 \
+    'busctl status org.p2pcache.Demo1 | grep -q "Unit=demo-dbus.service" && systemctl is-active demo-dbus.service'
+  g "a non-root user may read a property (policy default context)" node1 \
+    'runuser -u nobody -- busctl get-property org.p2pcache.Demo1 /org/p2pcache/Demo1 org.p2pcache.Demo1 Node | grep -q node1'
+
+  say "== selftest: Nix signed binary cache on node1, substitution on node2"
+  PUB=$(val node1 "set -e; mkdir -p /srv/demo/cache; cd /root
+    nix-store --generate-binary-cache-key selftest-1 sk pk
+    nix-build /mnt/host/test/hello.nix --argstr token '$TOKEN' -o a >&2
+    nix copy --to 'file:///srv/demo/cache?secret-key=/root/sk' ./a >&2; cat pk") || fail "node1 nix build + sign" "$(tail -20 "$DSVM_RUN/stderr.log")"
+  SP=$(val node1 'readlink /root/a')
+  say "  store path $SP, key $PUB"
+  local SUBST="--option substituters http://10.78.0.11:8080/cache"
+  g "node2: wrong key rejected (not signed by any of the keys)" node2 \
+    "out=\$(nix-store -r $SP $SUBST --option trusted-public-keys 'selftest-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=' 2>&1); rc=\$?; echo \"\$out\"
+     test \$rc -ne 0 && echo \"\$out\" | grep -q 'not signed by any of the keys' && ! test -e $SP"
+  g "node2: nix-store -r substitutes with the right key" node2 \
+    "nix-store -r $SP $SUBST --option trusted-public-keys '$PUB' && grep -qx '$TOKEN' $SP"
+  g "node2: path valid, carries node1's signature" node2 \
+    "nix-store --check-validity $SP && nix path-info --sigs $SP | grep -q selftest-1:"
+}
+
+# =========================================================================================
+full() {
+  local n KEYNAME=node1-vmtest-1 TOKEN="ds-$RANDOM$RANDOM" SP PUB HASH out
+  local P=/opt/distributed-store/bin SVC=distributed-store-proxy.service SIG=distributed-store-signer.service
+  local SIGNER="org.distributedstore.Signer1 /org/distributedstore/Signer1 org.distributedstore.Signer1"
+
+  say "== install dist files on every node"
+  t=$(now)
+  local INSTALL='set -e
+    install -d -m 755 /opt/distributed-store/bin /etc/distributed-store
+    install -m 755 /mnt/host/bin/* /opt/distributed-store/bin/
+    install -m 644 /mnt/host/lib/systemd/system/* /etc/systemd/system/
+    install -m 644 /mnt/host/share/dbus-1/system.d/* /usr/share/dbus-1/system.d/
+    install -m 644 /mnt/host/share/dbus-1/system-services/* /usr/share/dbus-1/system-services/
+    install -d -m 755 /usr/lib/sysusers.d
+    install -m 644 /mnt/host/lib/sysusers.d/* /usr/lib/sysusers.d/
+    systemd-sysusers'
+  pids=()
+  for n in "${NODE_LIST[@]}"; do x "$n" "$INSTALL" >"$DSVM_RUN/install-$n.log" 2>&1 & pids+=($!); done
+  for i in "${!pids[@]}"; do
+    n=${NODE_LIST[$i]}
+    if wait "${pids[$i]}"; then pass "$n: dist files installed, systemd-sysusers ran"
+    else fail "$n: dist files installed, systemd-sysusers ran" "$(cat "$DSVM_RUN/install-$n.log")"; fi
+  done
+  for n in "${NODE_LIST[@]}"; do
+    g "$n: users distributed-store and distributed-store-signer exist" "$n" \
+      'getent passwd distributed-store && getent passwd distributed-store-signer'
+  done
+
+  # node1: signing key made in the VM; config points the signer at it.
+  PUB=$(val node1 "set -e; umask 077
+    nix-store --generate-binary-cache-key $KEYNAME /etc/distributed-store/signing-key /etc/distributed-store/signing-key.pub
+    chown root:root /etc/distributed-store/signing-key; chmod 0600 /etc/distributed-store/signing-key
+    chmod 0644 /etc/distributed-store/signing-key.pub; cat /etc/distributed-store/signing-key.pub") \
+    || fail "node1: generate signing key" "$(tail -20 "$DSVM_RUN/stderr.log")"
+  say "  node1 public key: $PUB"
+  step "node1: write config" node1 "cat >/etc/distributed-store/config.toml <<'EOF'
+# node1: serves and signs its own store
+privateKeyFile = \"/etc/distributed-store/signing-key\"
+trustedPublicKeys = [ \"$PUB\" ]
+EOF"
+  step "node2: write config" node2 "cat >/etc/distributed-store/config.toml <<'EOF'
+# node2: trusts node1, no key of its own
+trustedPublicKeys = [ \"$PUB\" ]
+EOF"
+  [ "$NODES" -lt 3 ] || step "node3: write config" node3 "cat >/etc/distributed-store/config.toml <<'EOF'
+# node3: trusts node1 and asks it as a peer
+trustedPublicKeys = [ \"$PUB\" ]
+peers = [ \"http://10.78.0.11:5496\" ]
+EOF"
+  for n in "${NODE_LIST[@]}"; do
+    g "$n: daemon-reload, reload dbus, enable --now distributed-store-proxy.socket" "$n" \
+      'chmod 0644 /etc/distributed-store/config.toml && systemctl daemon-reload && systemctl reload dbus &&
+       systemctl enable --now distributed-store-proxy.socket && systemctl is-active distributed-store-proxy.socket'
+  done
+  T_INSTALL=$(since "$t")
+  t=$(now)
+
+  say "== socket activation (proxy)"
+  g "node1: key file is root 0600; config privateKeyFile points at it" node1 \
+    'test "$(stat -c "%U %a" /etc/distributed-store/signing-key)" = "root 600" &&
+     grep -qx "privateKeyFile = \"/etc/distributed-store/signing-key\"" /etc/distributed-store/config.toml'
+  for n in "${NODE_LIST[@]}"; do
+    g "$n: proxy service inactive before the first connection, socket listening on 5496" "$n" \
+      "test \"\$(systemctl is-active $SVC)\" = inactive && systemctl is-active distributed-store-proxy.socket &&
+       ss -ltn 2>/dev/null | grep -q ':5496 ' || { systemctl status --no-pager $SVC; false; }"
+  done
+  g "node1: signer inactive before the first D-Bus call" node1 "test \"\$(systemctl is-active $SIG)\" = inactive"
+  g "node1: curl http://127.0.0.1:5496/nix-cache-info answers" node1 \
+    "curl -sS --fail-with-body --max-time 60 http://127.0.0.1:5496/nix-cache-info | tee /dev/stderr | grep -q '^StoreDir: /nix/store'"
+  g "node1: proxy service active after the first connection (socket activation)" node1 \
+    "systemctl is-active $SVC || { journalctl -u $SVC --no-pager | tail -20; false; }"
+  out=$(x node1 "systemctl show -p Type,ActiveState,SubState,NRestarts,WatchdogUSec,StatusText,User $SVC" 2>&1)
+  printf '%s\n' "$out" | sed 's/^/  /'
+  check "node1: proxy is Type=notify, active/running, WatchdogUSec non-zero, User=distributed-store" bash -c '
+    grep -qx "Type=notify" <<<"$1" && grep -qx "ActiveState=active" <<<"$1" && grep -qx "SubState=running" <<<"$1" &&
+    grep -q "^WatchdogUSec=." <<<"$1" && ! grep -qE "^WatchdogUSec=(0|infinity)?$" <<<"$1" &&
+    grep -qx "User=distributed-store" <<<"$1"' _ "$out"
+  g "node1: the proxy process runs as distributed-store" node1 \
+    "pid=\$(systemctl show -p MainPID --value $SVC); test \"\$(stat -c %U /proc/\$pid)\" = distributed-store"
+  g "node2: curl http://10.78.0.11:5496/nix-cache-info over the VM network" node2 \
+    "curl -sS --fail-with-body --max-time 60 http://10.78.0.11:5496/nix-cache-info | grep -q '^StoreDir: /nix/store'"
+  for n in "${NODE_LIST[@]}"; do
+    [ "$n" = node1 ] && continue
+    g "$n: its own proxy socket-activates on 127.0.0.1:5496 too" "$n" \
+      "curl -sS --fail-with-body --max-time 60 http://127.0.0.1:5496/nix-cache-info | grep -q '^StoreDir: /nix/store' && systemctl is-active $SVC"
+  done
+
+  say "== signer (D-Bus activation, LoadCredential)"
+  out=$(x node1 "busctl get-property $SIGNER PublicKey" 2>&1)
+  check "node1: busctl get-property Signer1 PublicKey starts the signer and returns the .pub key" \
+    bash -c 'test "$1" = "s \"$2\"" || { echo "got: $1"; echo "want: s \"$2\""; false; }' _ "$out" "$PUB"
+  g "node1: signer active (Type=dbus)" node1 \
+    "systemctl is-active $SIG && test \"\$(systemctl show -p Type --value $SIG)\" = dbus || { journalctl -u $SIG --no-pager | tail -20; false; }"
+  g "node1: LoadCredential=signing-key:/etc/distributed-store/signing-key" node1 \
+    "systemctl show -p LoadCredential $SIG | tee /dev/stderr | grep -q 'signing-key:/etc/distributed-store/signing-key'"
+  g "node1: signer has \$CREDENTIALS_DIRECTORY/signing-key and runs as distributed-store-signer" node1 \
+    "pid=\$(systemctl show -p MainPID --value $SIG); d=\$(tr '\\0' '\\n' </proc/\$pid/environ | sed -n 's/^CREDENTIALS_DIRECTORY=//p')
+     echo \"CREDENTIALS_DIRECTORY=\$d\"; test -n \"\$d\" && test -s \"\$d/signing-key\" && test \"\$(stat -c %U /proc/\$pid)\" = distributed-store-signer"
+  g "node1: the signer's user cannot read /etc/distributed-store/signing-key directly" node1 \
+    '! runuser -u distributed-store-signer -- cat /etc/distributed-store/signing-key >/dev/null'
+  g "node1: the proxy's user cannot read it either" node1 \
+    '! runuser -u distributed-store -- cat /etc/distributed-store/signing-key >/dev/null'
+
+  say "== D-Bus status and policy"
+  g "node1: busctl introspect Proxy1 lists its properties" node1 \
+    "o=\$(busctl introspect org.distributedstore.Proxy1 /org/distributedstore/Proxy1); echo \"\$o\"
+     for p in Listen Store PublicKey Requests Version; do echo \"\$o\" | grep -E \"^\\.\$p +property\" >/dev/null || { echo \"missing \$p\"; exit 1; }; done"
+  g "node1: a non-root user (nobody) may read Proxy1 properties" node1 \
+    'runuser -u nobody -- busctl get-property org.distributedstore.Proxy1 /org/distributedstore/Proxy1 org.distributedstore.Proxy1 Version'
+  g "node1: Proxy1.PublicKey is node1's key" node1 \
+    "busctl get-property org.distributedstore.Proxy1 /org/distributedstore/Proxy1 org.distributedstore.Proxy1 PublicKey | grep -qF '$PUB'"
+
+  say "== Nix: build on node1, substitute on node2 from node1's proxy"
+  SP=$(val node1 "nix-build /mnt/host/test/hello.nix --argstr token '$TOKEN' -o /root/result") \
+    || fail "node1: nix-build a trivial derivation offline" "$(tail -20 "$DSVM_RUN/stderr.log")"
+  [ -n "$SP" ] && pass "node1: nix-build a trivial input-addressed derivation offline ($SP)"
+  HASH=$(basename "$SP" | cut -c1-32)
+  g "node1: a non-root user calling Signer1.Sign is denied by the D-Bus policy" node1 \
+    "out=\$(runuser -u nobody -- busctl call $SIGNER Sign s $SP 2>&1); rc=\$?; echo \"\$out\"
+     test \$rc -ne 0 && echo \"\$out\" | grep -qiE 'access denied|AccessDenied|rejected send message'"
+  g "node1: a non-root user may read Signer1 properties" node1 \
+    "runuser -u nobody -- busctl get-property $SIGNER PublicKey | grep -qF '$PUB'"
+  g "node1: root may call Sign on a valid path, gets a $KEYNAME signature" node1 \
+    "busctl call $SIGNER Sign s $SP | tee /dev/stderr | grep -q '^s \"$KEYNAME:'"
+  g "node1: Sign refuses a path that is not valid in the store" node1 \
+    "out=\$(busctl call $SIGNER Sign s /nix/store/00000000000000000000000000000000-nope 2>&1); rc=\$?; echo \"\$out\"; test \$rc -ne 0"
+  g "node1: proxy serves a signed narinfo for the path" node1 \
+    "o=\$(curl -sS --fail-with-body --max-time 60 http://127.0.0.1:5496/$HASH.narinfo); echo \"\$o\"
+     echo \"\$o\" | grep -qx 'StorePath: $SP' && echo \"\$o\" | grep -q '^Sig: $KEYNAME:'"
+  g "node1: unknown hash answers 404 quickly" node1 \
+    "c=\$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 http://127.0.0.1:5496/00000000000000000000000000000000.narinfo); echo \$c; test \$c = 404"
+  local SUBST="--option substituters http://10.78.0.11:5496"
+  g "node2: path absent before" node2 "! test -e $SP"
+  g "node2: wrong trusted key -> 'not signed by any of the keys', path not added" node2 \
+    "out=\$(nix-store -r $SP $SUBST --option trusted-public-keys '$KEYNAME:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=' 2>&1); rc=\$?; echo \"\$out\"
+     test \$rc -ne 0 && echo \"\$out\" | grep -q 'not signed by any of the keys' && ! nix-store --check-validity $SP 2>/dev/null"
+  g "node2: nix-store -r from http://10.78.0.11:5496 with node1's key succeeds" node2 \
+    "nix-store -r $SP $SUBST --option trusted-public-keys '$PUB' && grep -qx '$TOKEN' $SP"
+  g "node2: path valid, nix path-info --sigs shows $KEYNAME" node2 \
+    "nix-store --check-validity $SP && nix path-info --sigs $SP | tee /dev/stderr | grep -q '$KEYNAME:'"
+  if [ "$NODES" -ge 3 ]; then
+    out=$(x node3 "nix-store -r $SP --option substituters http://127.0.0.1:5496 --option trusted-public-keys '$PUB' &&
+                   grep -qx '$TOKEN' $SP && nix path-info --sigs $SP | grep -q '$KEYNAME:'" 2>&1); local rc=$?
+    if [ $rc = 0 ]; then pass "node3: substitutes through its own proxy (127.0.0.1:5496) from peer node1"
+    elif [ "$PEERS" = 1 ]; then fail "node3: substitutes through its own proxy (127.0.0.1:5496) from peer node1" "$out"
+    else skip "node3: substitutes through its own proxy (127.0.0.1:5496) from peer node1" "peers: fleet issue"
+         printf '%s\n' "$out" | tail -3 | sed 's/^/     | /'; fi
+  fi
+  g "node1: SignaturesIssued > 0" node1 \
+    "busctl get-property $SIGNER SignaturesIssued | tee /dev/stderr | grep -qE '^t [1-9]'"
+  g "node1: proxy Requests counter > 0" node1 \
+    "busctl get-property org.distributedstore.Proxy1 /org/distributedstore/Proxy1 org.distributedstore.Proxy1 Requests | tee /dev/stderr | grep -qE '^t [1-9]'"
+
+  say "== watchdog, stop, restart"
+  g "node1: proxy and signer never restarted (watchdog kept happy, NRestarts=0)" node1 \
+    "o=\$(systemctl show -p Id,ActiveState,NRestarts $SVC $SIG); echo \"\$o\"; ! echo \"\$o\" | grep '^NRestarts=' | grep -vqx NRestarts=0"
+  for n in "${NODE_LIST[@]}"; do
+    g "$n: systemctl stop (SIGTERM) -> clean stop" "$n" \
+      "timeout 30 systemctl stop $SVC; s=\$(systemctl show -p ActiveState,Result,ExecMainCode,ExecMainStatus $SVC); echo \"\$s\"
+       echo \"\$s\" | grep -qx ActiveState=inactive && echo \"\$s\" | grep -qx Result=success"
+  done
+  g "node1: the socket re-activates the proxy after the stop" node1 \
+    "curl -sS --fail-with-body --max-time 60 http://127.0.0.1:5496/nix-cache-info >/dev/null && systemctl is-active $SVC"
+  g "node1: systemctl stop signer -> clean stop" node1 \
+    "timeout 30 systemctl stop $SIG; s=\$(systemctl show -p ActiveState,Result $SIG); echo \"\$s\"; echo \"\$s\" | grep -qx Result=success"
+  for n in "${NODE_LIST[@]}"; do
+    g "$n: journalctl -u distributed-store-proxy / -signer: no panic" "$n" \
+      "! journalctl -u $SVC -u $SIG --no-pager | grep -iE 'panic|panicked'"
+  done
+  T_CHECKS=$(since "$t")
+}
+
+if [ "$MODE" = selftest ]; then selftest; else full; fi
+
+if [ "$FAILED" -gt 0 ] && [ "$MODE" = full ]; then
+  say "== journals (tail) for diagnosis"
+  for n in "${NODE_LIST[@]}"; do
+    say "  -- $n"
+    x "$n" 'journalctl -u distributed-store-proxy.service -u distributed-store-proxy.socket -u distributed-store-signer.service --no-pager -o short-monotonic | tail -30' 2>&1 | sed 's/^/  /'
+  done
+fi
+summary
+[ "$FAILED" = 0 ]
