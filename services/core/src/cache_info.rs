@@ -14,6 +14,38 @@ pub struct CacheInfo {
 impl CacheInfo {
     /// Render as Nix expects (`StoreDir: …\nWantMassQuery: 1\nPriority: 40\n`).
     pub fn render(&self) -> String {
-        todo!()
+        format!(
+            "StoreDir: {}\nWantMassQuery: {}\nPriority: {}\n",
+            self.store_dir,
+            u8::from(self.want_mass_query),
+            self.priority
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_like_cache_nixos_org() {
+        let info = CacheInfo {
+            store_dir: crate::STORE_DIR.into(),
+            want_mass_query: true,
+            priority: 40,
+        };
+        assert_eq!(
+            info.render(),
+            "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+        );
+        let info = CacheInfo {
+            want_mass_query: false,
+            priority: 10,
+            ..info
+        };
+        assert_eq!(
+            info.render(),
+            "StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 10\n"
+        );
     }
 }
