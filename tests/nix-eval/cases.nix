@@ -46,6 +46,8 @@ in
   };
 
   add-substituters = {
+    # The user's own cache: the local proxy must still come first.
+    nix.settings.substituters = [ "https://cache.example.org/" ];
     services.distributed-store = {
       enable = true;
       addToSubstituters = true;

@@ -186,7 +186,7 @@ def main():
             check(f"{case}: proxy has no credential", "LoadCredential" not in f["services"][PROXY]["serviceConfig"], "")
 
         elif case == "add-substituters":
-            check(f"{case}: local proxy first in substituters", subs == ["http://127.0.0.1:5496", "https://cache.nixos.org/"], subs)
+            check(f"{case}: local proxy first in substituters", subs == ["http://127.0.0.1:5496", "https://cache.example.org/", "https://cache.nixos.org/"], subs)
             check(f"{case}: fleet and upstream keys trusted by Nix", sorted(keys) == sorted([NIXOS_KEY, FLEET_KEY, UPSTREAM_KEY]), keys)
             check(f"{case}: no warnings", f["warnings"] == [], f["warnings"])
 

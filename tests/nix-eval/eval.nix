@@ -79,9 +79,11 @@ let
   run =
     name:
     let
+      # The case comes first, so that its definitions precede the module's:
+      # list options then show whether the module really orders its entries.
       f = facts (evalWith [
-        module
         cases.${name}
+        module
       ]).config;
     in
     {
