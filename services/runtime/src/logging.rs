@@ -2,6 +2,8 @@
 //! journal (`JOURNAL_STREAM`), to stderr otherwise. `RUST_LOG` filters
 //! (default `info`).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
@@ -20,6 +22,11 @@ pub fn init(service: &str) {
         }
     }
     registry
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_target(false),
+        )
         .init();
 }

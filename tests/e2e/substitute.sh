@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# A real Nix client (Debian nix-bin, fresh chroot store) substitutes a closure of
+# several paths (references, a 12 MiB path) from our proxy serving another chroot
+# store, verifying this node's signature (from the signer over D-Bus); a wrong
+# trusted key is refused. For each compression: zstd, none, xz. Then the
+# trustless relay: a second node without any key re-serves what it substituted,
+# with the first node's signature, to a third client that trusts only that key.
+. "$(dirname "$0")/lib.sh"
+need_root; need_bins
+echo "== substitute: real nix clients against distributed-store up"
+fixture a || { finish; exit 1; }
+PORT=$(free_port)
+has_sig() { nixc "$1" "" "" nix path-info --sigs "$2" | grep -q -- "$3"; }
+narinfo() { curl -sf --noproxy '*' "$1/${2:11:32}.narinfo"; }
+EXPECTED=$(printf '%s\n' "$LEAF" "$LIB" "$BIG" "$APP" | sort | tr '\n' ' ')
+
+for comp in zstd none xz; do
+  up "node-$comp" "listen = \"127.0.0.1:$PORT\"
+store = \"local?root=$STORE_ROOT\"
+privateKeyFile = \"$KEY_SEC\"
+compression = \"$comp\"" || continue
+  URL=$UP_DISTRIBUTED_STORE_URL
+  check "[$comp] up reports this node's public key" [ "$UP_DISTRIBUTED_STORE_PUBLIC_KEY" = "$PUBKEY" ]
+  check "[$comp] narinfo advertises Compression: $comp" grep -qx "Compression: $comp" <(narinfo "$URL" "$APP")
+  s=client-$comp
+  check "[$comp] nix-store -r APP with the right key" nixc "$s" "$URL" "$PUBKEY" nix-store -r "$APP"
+  got=$(nixc "$s" "" "" nix-store -qR "$APP" 2>/dev/null | sort | tr '\n' ' ')
+  check "[$comp] whole closure (4 paths) substituted" [ "$got" = "$EXPECTED" ]
+  check "[$comp] nix-store --verify-path (NAR hashes)" nixc "$s" "" "" nix-store --verify-path "$LEAF" "$LIB" "$BIG" "$APP"
+  check "[$comp] 12 MiB path byte-identical" cmp "$STORE_ROOT$BIG/blob" "$W/$s/root$BIG/blob"
+  check "[$comp] symlink kept as a symlink" [ "$(readlink "$W/$s/root$BIG/link")" = blob ]
+  check "[$comp] signature is this node's" has_sig "$s" "$APP" "${PUBKEY%%:*}:"
+  check_fails "[$comp] nix-store -r with a wrong key is refused" "not signed by any of the keys" \
+    nixc "$s-wrong" "$URL" "$WRONG_PUBKEY" nix-store -r "$APP"
+  check_not "[$comp] nothing valid after the refused attempt" nixc "$s-wrong" "" "" nix-store --check-validity "$APP"
+  check_fails "[$comp] nix copy --from with a wrong key is refused" "lacks a valid signature" \
+    nixc "$s-copy-wrong" "$URL" "$WRONG_PUBKEY" nix copy --from "$URL" "$APP"
+  check "[$comp] content-addressed path needs no signature" nixc "$s-ca" "$URL" "$WRONG_PUBKEY" nix-store -r "$CA"
+  if [ "$comp" = zstd ]; then
+    check "[zstd] distributed-store status shows the proxy and the signer" \
+      grep -q 'signatures     [1-9]' <(DBUS_SYSTEM_BUS_ADDRESS=$UP_DBUS_SYSTEM_BUS_ADDRESS "$BIN/distributed-store" status)
+  fi
+  check "[$comp] up stops cleanly on Ctrl-C" down "$UP_PID"
+done
+
+# Trustless relay: node B has no key; it serves what client-zstd substituted, whose
+# Nix database kept node A's signatures. Client C trusts only node A's key.
+up node-b "listen = \"127.0.0.1:$PORT\"
+store = \"local?root=$W/client-zstd/root\"" && {
+  check "[relay] node B (no key) re-serves A's signed closure to client C" \
+    nixc client-c "$UP_DISTRIBUTED_STORE_URL" "$PUBKEY" nix-store -r "$APP"
+  check "[relay] narinfo from B carries A's signature and no other" \
+    [ "$(narinfo "$UP_DISTRIBUTED_STORE_URL" "$APP" | grep -c '^Sig: ds-test-1:')" = 1 ]
+  check "[relay] up stops cleanly" down "$UP_PID"
+}
+finish
