@@ -2,6 +2,17 @@
 //!
 //! Everything here is checked against what the real Nix (2.8) writes; see the
 //! tests in each module and `tests/` of this crate.
+//!
+//! - [`base32`]: nix-base32 encode/decode.
+//! - [`Hash`](struct@Hash): digests in base16, nix-base32, base64 and SRI, compared by value.
+//! - [`StorePath`], [`StorePathHash`]: validated `/nix/store/<hash>-<name>`.
+//! - [`NarInfo`], [`fingerprint`], [`Compression`]: narinfo parse/render/sign.
+//! - [`SecretKey`], [`PublicKey`], [`Signature`]: Nix's `name:base64` keys.
+//! - [`nar`]: streaming NAR hash ([`NarHasher`]) and validating reader.
+//! - [`CacheInfo`]: renders `/nix-cache-info`.
+//!
+//! Fuzzed by the targets in the repository's `fuzz/` (run `dev/fuzz`).
+#![warn(missing_docs)]
 
 pub mod base32;
 pub mod cache_info;
@@ -13,6 +24,7 @@ pub mod store_path;
 
 pub use cache_info::CacheInfo;
 pub use hash::{Hash, HashAlgo};
+pub use nar::{NarError, NarHasher, NarReader, NarStats};
 pub use narinfo::{fingerprint, Compression, NarInfo};
 pub use signing::{PublicKey, SecretKey, Signature};
 pub use store_path::{StorePath, StorePathHash, STORE_DIR};
