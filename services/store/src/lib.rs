@@ -4,15 +4,25 @@
 //! `/nix/store`). See `docs/store-access.md` for why we read the SQLite
 //! database read-only instead of speaking the daemon protocol.
 
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use bytes::Bytes;
 use ds_core::{Hash, Signature, StorePath, StorePathHash};
+use futures::Stream;
+
+mod db;
+mod nar;
+mod uri;
+
+pub use nar::NAR_CHUNK_SIZE;
 
 /// Errors from the local store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Bad store URI.
-    #[error("unsupported store {0:?}: use \"local\" / omit it (system store) or \"local?root=DIR\"")]
+    /// Bad store URI (holds the URI as given; the message says why).
+    #[error("unsupported store {0:?}: {why}", why = uri::explain(.0))]
     BadUri(String),
     /// Database could not be opened or queried.
     #[error("Nix database {path}: {source}")]
@@ -52,9 +62,39 @@ pub enum StoreUri {
 }
 
 impl StoreUri {
-    /// Parse `local`, `auto`? no: `""`/`local` = system; `local?root=/abs/dir` = chroot.
+    /// Parse a Nix store URI: `""` or `local` is the system store,
+    /// `local?root=/abs/dir` a chroot store (the value may be
+    /// percent-encoded, as Nix allows). Everything else is refused with a
+    /// message saying why: other store types (`daemon`, `auto`, `ssh://`,
+    /// ...), other parameters, a relative root, a bare directory.
     pub fn parse(s: &str) -> Result<Self, StoreError> {
-        todo!("{s}")
+        uri::parse(s)
+    }
+
+    /// The root directory the logical `/nix` lives under: `/` for the
+    /// system store.
+    pub fn root(&self) -> &Path {
+        match self {
+            StoreUri::System => Path::new("/"),
+            StoreUri::Chroot(dir) => dir,
+        }
+    }
+
+    /// The Nix database of this store: `ROOT/nix/var/nix/db/db.sqlite`.
+    pub fn db_path(&self) -> PathBuf {
+        self.root().join("nix/var/nix/db/db.sqlite")
+    }
+}
+
+/// Converts to an I/O error for stream consumers, keeping the kind of an
+/// underlying I/O error (e.g. `NotFound`) and the message with its path.
+impl From<StoreError> for io::Error {
+    fn from(e: StoreError) -> io::Error {
+        let kind = match &e {
+            StoreError::Io { source, .. } => source.kind(),
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
     }
 }
 
@@ -78,27 +118,181 @@ pub struct PathInfo {
 }
 
 /// An open local store. `Send + Sync`; methods block (call from
-/// `spawn_blocking` in async code).
+/// `spawn_blocking` in async code), except [`LocalStore::nar_stream`], which
+/// does that itself.
+///
+/// Reads the Nix database read-only through a small pool of SQLite
+/// connections and the store's files directly; no nix-daemon involved.
 pub struct LocalStore {
-    _private: (),
+    uri: StoreUri,
+    /// Physical directory of the logical `/nix/store`.
+    store_dir: PathBuf,
+    db: db::Db,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("uri", &self.uri)
+            .field("db", &self.db.path())
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalStore {
-    /// Open read-only. Fails if the database is absent or unreadable.
+    /// Open read-only. Fails if the database is absent or unreadable, is not
+    /// a Nix database, or cannot be read safely by this user (WAL mode with
+    /// its `-wal`/`-shm` files missing: the error says what to do, see
+    /// [`LocalStore::ensure_wal_files`] and `docs/store-access.md`).
+    ///
+    /// While open, the store keeps at least one database connection, which
+    /// keeps Nix from deleting the `-wal`/`-shm` files.
     pub fn open(uri: &StoreUri) -> Result<Self, StoreError> {
-        todo!("{uri:?}")
+        let db = db::Db::open(uri.db_path())?;
+        Ok(LocalStore {
+            uri: uri.clone(),
+            store_dir: uri.root().join("nix/store"),
+            db,
+        })
     }
+
+    /// For a privileged helper run before an unprivileged reader starts
+    /// (e.g. systemd `ExecStartPre=+`): create the database's missing
+    /// `-wal`/`-shm` files, empty, with the owner and mode of the database
+    /// file, as SQLite itself would; existing files are left alone, so this is
+    /// safe while Nix runs. Does nothing for a database not in WAL mode.
+    /// Returns whether it created a file.
+    pub fn ensure_wal_files(uri: &StoreUri) -> Result<bool, StoreError> {
+        db::ensure_wal_files(&uri.db_path())
+    }
+
+    /// The store this was opened from.
+    pub fn uri(&self) -> &StoreUri {
+        &self.uri
+    }
+
+    /// The database file read.
+    pub fn db_path(&self) -> &Path {
+        self.db.path()
+    }
+
     /// Metadata of the valid path with this hash part; `None` if not valid here.
+    ///
+    /// Signatures the database holds that do not parse are skipped with a
+    /// warning; an unparsable path, reference or hash is
+    /// [`StoreError::Corrupt`].
     pub fn path_info(&self, hash: &StorePathHash) -> Result<Option<PathInfo>, StoreError> {
-        todo!("{hash}")
+        self.db.path_info(hash)
     }
-    /// Where the path's files physically are.
+
+    /// Where the path's files physically are: `ROOT/nix/store/<hash>-<name>`.
     pub fn physical_path(&self, path: &StorePath) -> PathBuf {
-        todo!("{path}")
+        self.store_dir.join(path.basename())
     }
+
     /// A blocking reader producing the path's NAR serialization, generated
     /// from the file system on the fly (never buffered whole).
-    pub fn nar_reader(&self, path: &StorePath) -> Result<Box<dyn std::io::Read + Send>, StoreError> {
-        todo!("{path}")
+    ///
+    /// Symlinks are serialized as links, never followed. A file or symlink
+    /// target whose name is not UTF-8 makes the read fail (nix-nar cannot
+    /// encode it), as does any I/O error: the output is then truncated, never
+    /// silently wrong. Does not check that the path is valid: ask
+    /// [`LocalStore::path_info`] first.
+    pub fn nar_reader(&self, path: &StorePath) -> Result<Box<dyn io::Read + Send>, StoreError> {
+        self.nar_reader_from(path, 0)
+    }
+
+    /// Like [`LocalStore::nar_reader`], without the first `offset` bytes
+    /// (for HTTP range requests). File contents before `offset` are not
+    /// read, only the directory structure is walked. An offset at or past
+    /// the end gives an empty reader.
+    pub fn nar_reader_from(
+        &self,
+        path: &StorePath,
+        offset: u64,
+    ) -> Result<Box<dyn io::Read + Send>, StoreError> {
+        Ok(Box::new(nar::NarReader::new(
+            &self.physical_path(path),
+            offset,
+        )?))
+    }
+
+    /// The path's NAR as an async stream of chunks of [`NAR_CHUNK_SIZE`]
+    /// bytes (the last one shorter). The blocking reader runs in
+    /// `spawn_blocking` from the first poll on (so poll it inside a Tokio
+    /// runtime) and stays at most a few chunks ahead of the consumer;
+    /// dropping the stream stops it. An error (including failing to open the
+    /// path) is the stream's last item.
+    pub fn nar_stream(
+        self: Arc<Self>,
+        path: StorePath,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        nar::stream(self, path, 0)
+    }
+
+    /// Like [`LocalStore::nar_stream`], without the first `offset` bytes
+    /// (see [`LocalStore::nar_reader_from`]).
+    pub fn nar_stream_from(
+        self: Arc<Self>,
+        path: StorePath,
+        offset: u64,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        nar::stream(self, path, offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn store_is_send_sync() {
+        assert_send_sync::<LocalStore>();
+    }
+
+    #[test]
+    fn paths() {
+        let chroot = StoreUri::Chroot("/srv/x".into());
+        assert_eq!(
+            chroot.db_path(),
+            Path::new("/srv/x/nix/var/nix/db/db.sqlite")
+        );
+        assert_eq!(
+            StoreUri::System.db_path(),
+            Path::new("/nix/var/nix/db/db.sqlite")
+        );
+    }
+
+    #[test]
+    fn missing_db_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = StoreUri::Chroot(dir.path().to_path_buf());
+        let err = LocalStore::open(&uri).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Io { ref path, .. } if *path == uri.db_path()),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("nix/var/nix/db/db.sqlite"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn not_a_nix_db() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = StoreUri::Chroot(dir.path().to_path_buf());
+        std::fs::create_dir_all(uri.db_path().parent().unwrap()).unwrap();
+        rusqlite::Connection::open(uri.db_path())
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let err = LocalStore::open(&uri).unwrap_err();
+        assert!(
+            err.to_string().contains("not a Nix store database"),
+            "{err}"
+        );
     }
 }
