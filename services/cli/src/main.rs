@@ -53,23 +53,37 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.cmd {
-        Cmd::Up { config, runtime_dir, bindir } => {
-            ds_runtime::logging::init("distributed-store");
-            ds_cli::up::up(ds_cli::up::UpOptions { config, runtime_dir, bindir }).map(|_| ExitCode::SUCCESS)
-        }
-        Cmd::Status { bus } => status(bus),
-        Cmd::Keygen { name, secret_file, public_file } => {
-            ds_cli::keygen::keygen(&name, &secret_file, &public_file).map(|public| {
+    let result =
+        match cli.cmd {
+            Cmd::Up {
+                config,
+                runtime_dir,
+                bindir,
+            } => {
+                ds_runtime::logging::init("distributed-store");
+                ds_cli::up::up(ds_cli::up::UpOptions {
+                    config,
+                    runtime_dir,
+                    bindir,
+                })
+                .map(|_| ExitCode::SUCCESS)
+            }
+            Cmd::Status { bus } => status(bus),
+            Cmd::Keygen {
+                name,
+                secret_file,
+                public_file,
+            } => ds_cli::keygen::keygen(&name, &secret_file, &public_file).map(|public| {
                 println!("{public}");
                 ExitCode::SUCCESS
-            })
-        }
-        Cmd::CheckConfig { config } => ds_runtime::Config::load(&config).map_err(Into::into).map(|c| {
-            println!("{c:#?}");
-            ExitCode::SUCCESS
-        }),
-    };
+            }),
+            Cmd::CheckConfig { config } => ds_runtime::Config::load(&config)
+                .map_err(Into::into)
+                .map(|c| {
+                    println!("{c:#?}");
+                    ExitCode::SUCCESS
+                }),
+        };
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -80,11 +94,17 @@ fn main() -> ExitCode {
 }
 
 fn status(bus: Option<String>) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let conn = ds_cli::status::connect(bus.as_deref()).await?;
         let (text, healthy) = ds_cli::status::report(&conn).await?;
         print!("{text}");
-        Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        Ok(if healthy {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
     })
 }

@@ -32,7 +32,10 @@ pub async fn report(conn: &zbus::Connection) -> anyhow::Result<(String, bool)> {
         }
     };
     if running(ds_dbus::PROXY_NAME).await {
-        let p = Proxy1Proxy::builder(conn).cache_properties(CacheProperties::No).build().await?;
+        let p = Proxy1Proxy::builder(conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
         writeln!(out, "proxy ({}): running", ds_dbus::PROXY_NAME)?;
         writeln!(out, "  version        {}", p.version().await?)?;
         writeln!(out, "  listen         {}", p.listen().await?)?;
@@ -44,18 +47,37 @@ pub async fn report(conn: &zbus::Connection) -> anyhow::Result<(String, bool)> {
         writeln!(out, "  NAR bytes sent {}", p.nar_bytes_sent().await?)?;
     } else {
         healthy = false;
-        writeln!(out, "proxy ({}): not on the bus (socket activation starts it on the first request)", ds_dbus::PROXY_NAME)?;
+        writeln!(
+            out,
+            "proxy ({}): not on the bus (socket activation starts it on the first request)",
+            ds_dbus::PROXY_NAME
+        )?;
     }
     if running(ds_dbus::SIGNER_NAME).await {
-        let s = Signer1Proxy::builder(conn).cache_properties(CacheProperties::No).build().await?;
+        let s = Signer1Proxy::builder(conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
         writeln!(out, "signer ({}): running", ds_dbus::SIGNER_NAME)?;
         let key = s.public_key().await?;
-        writeln!(out, "  public key     {}", if key.is_empty() { "(none configured)".into() } else { key })?;
+        writeln!(
+            out,
+            "  public key     {}",
+            if key.is_empty() {
+                "(none configured)".into()
+            } else {
+                key
+            }
+        )?;
         writeln!(out, "  store          {}", s.store().await?)?;
         writeln!(out, "  signatures     {}", s.signatures_issued().await?)?;
         writeln!(out, "  refused        {}", s.requests_refused().await?)?;
     } else {
-        writeln!(out, "signer ({}): not running (D-Bus activation starts it on the first Sign)", ds_dbus::SIGNER_NAME)?;
+        writeln!(
+            out,
+            "signer ({}): not running (D-Bus activation starts it on the first Sign)",
+            ds_dbus::SIGNER_NAME
+        )?;
     }
     Ok((out, healthy))
 }

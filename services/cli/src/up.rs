@@ -21,7 +21,8 @@ use ds_runtime::Config;
 /// The repo's D-Bus policy, compiled in (same file the packages install).
 pub const POLICY: &str = include_str!("../../../dist/dbus-1/system.d/org.distributedstore.conf");
 /// The repo's D-Bus activation file for the signer (`@bindir@` placeholder).
-pub const SIGNER_ACTIVATION: &str = include_str!("../../../dist/dbus-1/system-services/org.distributedstore.Signer1.service");
+pub const SIGNER_ACTIVATION: &str =
+    include_str!("../../../dist/dbus-1/system-services/org.distributedstore.Signer1.service");
 
 /// How long the proxy gets to report READY.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -91,7 +92,10 @@ impl Guard {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("{} did not stop within 10s after SIGTERM; killing it", self.name);
+        eprintln!(
+            "{} did not stop within 10s after SIGTERM; killing it",
+            self.name
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -113,7 +117,11 @@ fn find_bindir(opt: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     };
     for b in ["distributed-store-proxy", "distributed-store-signer"] {
         if !dir.join(b).is_file() {
-            bail!("{} not found in {} (build with `cargo build --release`, or pass --bindir)", b, dir.display());
+            bail!(
+                "{} not found in {} (build with `cargo build --release`, or pass --bindir)",
+                b,
+                dir.display()
+            );
         }
     }
     Ok(dir)
@@ -147,7 +155,8 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
         std::fs::File::open(k).with_context(|| format!("privateKeyFile {}", k.display()))?;
     }
     let bindir = find_bindir(opts.bindir)?;
-    let dbus_daemon = which("dbus-daemon").context("dbus-daemon not found (Debian: apt-get install dbus-daemon)")?;
+    let dbus_daemon = which("dbus-daemon")
+        .context("dbus-daemon not found (Debian: apt-get install dbus-daemon)")?;
 
     // 2. Runtime dir with the bus config, our policy and activation file.
     let (dir, _tmp) = match opts.runtime_dir {
@@ -156,7 +165,9 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
             (std::fs::canonicalize(&d)?, None)
         }
         None => {
-            let t = tempfile::Builder::new().prefix("distributed-store-up.").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("distributed-store-up.")
+                .tempdir()?;
             (t.path().to_path_buf(), Some(t))
         }
     };
@@ -181,7 +192,10 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
     if let Some(p) = &config_path {
         env.push(("DISTRIBUTED_STORE_CONFIG", p.display().to_string()));
     } else {
-        env.push(("DISTRIBUTED_STORE_CONFIG", dir.join("no-config.toml").display().to_string()));
+        env.push((
+            "DISTRIBUTED_STORE_CONFIG",
+            dir.join("no-config.toml").display().to_string(),
+        ));
     }
     let mut cmd = Command::new(&dbus_daemon);
     cmd.arg(format!("--config-file={}", bus_conf.display()))
@@ -192,7 +206,10 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
     for (k, v) in &env {
         cmd.env(k, v);
     }
-    let mut bus = Guard { name: "dbus-daemon", child: cmd.spawn().context("starting dbus-daemon")? };
+    let mut bus = Guard {
+        name: "dbus-daemon",
+        child: cmd.spawn().context("starting dbus-daemon")?,
+    };
     let stdout = bus.child.stdout.take().context("dbus-daemon stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
@@ -211,12 +228,19 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
     for (k, v) in &env {
         cmd.env(k, v);
     }
-    let mut proxy = Guard { name: "distributed-store-proxy", child: cmd.spawn().context("starting the proxy")? };
+    let mut proxy = Guard {
+        name: "distributed-store-proxy",
+        child: cmd.spawn().context("starting the proxy")?,
+    };
     wait_ready(&notify, &mut proxy.child)?;
 
     // 5. Tell the user what to do.
     let url = substituter_url(config.listen);
-    let key = if config.private_key_file.is_some() { signer_public_key(&bus_address) } else { None };
+    let key = if config.private_key_file.is_some() {
+        signer_public_key(&bus_address)
+    } else {
+        None
+    };
     let env_file = dir.join("up.env");
     std::fs::write(
         &env_file,
@@ -226,7 +250,9 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
     println!("  substituter:  {url}");
     match key {
         Some(k) => println!("  public key:   {k}"),
-        None => println!("  public key:   (none: no privateKeyFile; narinfo carries the stored signatures only)"),
+        None => println!(
+            "  public key:   (none: no privateKeyFile; narinfo carries the stored signatures only)"
+        ),
     }
     println!("  bus:          {bus_address}");
     println!("  status:       DBUS_SYSTEM_BUS_ADDRESS={bus_address} distributed-store status");
@@ -255,7 +281,9 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
 
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn wait_ready(notify: &UnixDatagram, proxy: &mut Child) -> anyhow::Result<()> {
@@ -272,7 +300,11 @@ fn wait_ready(notify: &UnixDatagram, proxy: &mut Child) -> anyhow::Result<()> {
                     return Ok(());
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -308,7 +340,11 @@ fn wait_for_signal_or_exit(proxy: &mut Child) -> anyhow::Result<Stop> {
 }
 
 fn block_on<F: std::future::Future>(f: F) -> Option<F::Output> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().ok().map(|rt| rt.block_on(f))
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+        .map(|rt| rt.block_on(f))
 }
 
 fn signer_public_key(bus: &str) -> Option<String> {
@@ -319,7 +355,10 @@ fn signer_public_key(bus: &str) -> Option<String> {
             .build()
             .await
             .ok()?;
-        tokio::time::timeout(Duration::from_secs(30), p.public_key()).await.ok()?.ok()
+        tokio::time::timeout(Duration::from_secs(30), p.public_key())
+            .await
+            .ok()?
+            .ok()
     })
     .flatten()
     .filter(|k| !k.is_empty())
@@ -341,10 +380,22 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(substituter_url("0.0.0.0:5496".parse().unwrap()), "http://127.0.0.1:5496");
-        assert_eq!(substituter_url("[::]:5496".parse().unwrap()), "http://127.0.0.1:5496");
-        assert_eq!(substituter_url("10.0.0.2:80".parse().unwrap()), "http://10.0.0.2:80");
-        assert_eq!(substituter_url("[::1]:80".parse().unwrap()), "http://[::1]:80");
+        assert_eq!(
+            substituter_url("0.0.0.0:5496".parse().unwrap()),
+            "http://127.0.0.1:5496"
+        );
+        assert_eq!(
+            substituter_url("[::]:5496".parse().unwrap()),
+            "http://127.0.0.1:5496"
+        );
+        assert_eq!(
+            substituter_url("10.0.0.2:80".parse().unwrap()),
+            "http://10.0.0.2:80"
+        );
+        assert_eq!(
+            substituter_url("[::1]:80".parse().unwrap()),
+            "http://[::1]:80"
+        );
     }
 
     #[test]

@@ -102,13 +102,19 @@ impl Stream for Verified {
                     }
                 }
                 Poll::Ready(None) => {
-                    let (hash, size) = this.hasher.take().map(NarHasher::finish).unwrap_or_else(|| unreachable!());
+                    let (hash, size) = this
+                        .hasher
+                        .take()
+                        .map(NarHasher::finish)
+                        .unwrap_or_else(|| unreachable!());
                     if size != this.expected_size || hash != this.expected {
                         tracing::error!(
                             expected = %this.expected, got = %hash, size, expected_size = this.expected_size,
                             "store files do not match the Nix database: aborting the transfer"
                         );
-                        return Poll::Ready(Some(Err(mismatch("NAR does not match NarHash/NarSize"))));
+                        return Poll::Ready(Some(Err(mismatch(
+                            "NAR does not match NarHash/NarSize",
+                        ))));
                     }
                     return Poll::Ready(this.held.take().map(Ok));
                 }
@@ -179,7 +185,8 @@ mod tests {
     use super::*;
 
     fn chunks(parts: &[&'static [u8]]) -> ByteStream {
-        let v: Vec<std::io::Result<Bytes>> = parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        let v: Vec<std::io::Result<Bytes>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
         Box::pin(futures::stream::iter(v))
     }
 
@@ -195,7 +202,11 @@ mod tests {
             for len in 1..=(16 - start) {
                 let s = slice(chunks(&[b"0123", b"45", b"6789abc", b"def"]), start, len);
                 let got = collect(s).await.unwrap();
-                assert_eq!(got, &data[start as usize..(start + len) as usize], "start {start} len {len}");
+                assert_eq!(
+                    got,
+                    &data[start as usize..(start + len) as usize],
+                    "start {start} len {len}"
+                );
             }
         }
     }
@@ -211,7 +222,10 @@ mod tests {
         let items: Vec<_> = Box::pin(s).collect().await;
         assert_eq!(items.len(), 3);
         assert_eq!(items[0].as_ref().unwrap().as_ref(), b"hello");
-        assert!(items[2].is_err(), "the final chunk must be replaced by an error");
+        assert!(
+            items[2].is_err(),
+            "the final chunk must be replaced by an error"
+        );
 
         // Longer than NarSize.
         let s = Verified::new(chunks(&[b"hello", b" world!!"]), good.clone(), 11);
@@ -228,7 +242,9 @@ mod tests {
     async fn compression_round_trips() {
         use async_compression::tokio::bufread::{XzDecoder, ZstdDecoder};
         use tokio::io::AsyncReadExt;
-        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         for c in [NarCompression::Zstd, NarCompression::Xz] {
             let leaked: &'static [u8] = Box::leak(data.clone().into_boxed_slice());
             let compressed = collect(compress(chunks(&[leaked]), c)).await.unwrap();
@@ -236,8 +252,14 @@ mod tests {
             let mut out = Vec::new();
             let r = std::io::Cursor::new(compressed);
             match c {
-                NarCompression::Zstd => ZstdDecoder::new(tokio::io::BufReader::new(r)).read_to_end(&mut out).await.unwrap(),
-                _ => XzDecoder::new(tokio::io::BufReader::new(r)).read_to_end(&mut out).await.unwrap(),
+                NarCompression::Zstd => ZstdDecoder::new(tokio::io::BufReader::new(r))
+                    .read_to_end(&mut out)
+                    .await
+                    .unwrap(),
+                _ => XzDecoder::new(tokio::io::BufReader::new(r))
+                    .read_to_end(&mut out)
+                    .await
+                    .unwrap(),
             };
             assert_eq!(out, data);
         }

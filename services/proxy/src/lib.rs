@@ -47,7 +47,12 @@ pub struct App {
 
 impl App {
     /// Build the app state.
-    pub fn new(config: Config, store: Arc<LocalStore>, signer: Arc<SignerClient>, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        config: Config,
+        store: Arc<LocalStore>,
+        signer: Arc<SignerClient>,
+        stats: Arc<Stats>,
+    ) -> Self {
         let cache_info = CacheInfo {
             store_dir: ds_core::STORE_DIR.to_string(),
             want_mass_query: config.want_mass_query,
@@ -70,13 +75,23 @@ impl App {
         let route = route::parse(req.uri().path());
         let label = route.label();
         let response = match (req.method(), route) {
-            (_, Route::Bad(reason)) => text(StatusCode::BAD_REQUEST, format!("bad request: {reason}\n")),
+            (_, Route::Bad(reason)) => {
+                text(StatusCode::BAD_REQUEST, format!("bad request: {reason}\n"))
+            }
             (m, _) if m != Method::GET && m != Method::HEAD => {
-                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "this cache is read-only: GET and HEAD only\n".into());
-                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                let mut r = text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "this cache is read-only: GET and HEAD only\n".into(),
+                );
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
                 r
             }
-            (_, Route::CacheInfo) => typed(StatusCode::OK, "text/x-nix-cache-info", self.cache_info.clone()),
+            (_, Route::CacheInfo) => typed(
+                StatusCode::OK,
+                "text/x-nix-cache-info",
+                self.cache_info.clone(),
+            ),
             (_, Route::Metrics) => typed(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -84,13 +99,33 @@ impl App {
             ),
             (_, Route::NotFound) => not_found(),
             (_, Route::NarInfo(hash)) => self.narinfo(hash).await,
-            (m, Route::Nar { hash, nar_hash, compression }) => {
-                self.nar(hash, &nar_hash, compression, req.headers(), m == Method::HEAD).await
+            (
+                m,
+                Route::Nar {
+                    hash,
+                    nar_hash,
+                    compression,
+                },
+            ) => {
+                self.nar(
+                    hash,
+                    &nar_hash,
+                    compression,
+                    req.headers(),
+                    m == Method::HEAD,
+                )
+                .await
             }
         };
         let status = response.status().as_u16();
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        self.metrics.requests.get_or_create(&RequestLabels { route: label, status }).inc();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: label,
+                status,
+            })
+            .inc();
         self.metrics
             .latency
             .get_or_create(&RouteLabels { route: label })
@@ -108,9 +143,15 @@ impl App {
             Ok(Ok(info)) => Ok(info),
             Ok(Err(e)) => {
                 tracing::error!("store lookup failed: {e}");
-                Err(text(StatusCode::INTERNAL_SERVER_ERROR, format!("local store lookup failed: {e}\n")))
+                Err(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("local store lookup failed: {e}\n"),
+                ))
             }
-            Err(e) => Err(text(StatusCode::INTERNAL_SERVER_ERROR, format!("lookup task failed: {e}\n"))),
+            Err(e) => Err(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("lookup task failed: {e}\n"),
+            )),
         }
     }
 
@@ -173,9 +214,15 @@ impl App {
                 None => None,
                 Some(Ok(r)) => Some(r),
                 Some(Err(())) => {
-                    let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "unsatisfiable range\n".into());
-                    r.headers_mut()
-                        .insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{size}")).unwrap_or(HeaderValue::from_static("bytes */0")));
+                    let mut r = text(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        "unsatisfiable range\n".into(),
+                    );
+                    r.headers_mut().insert(
+                        header::CONTENT_RANGE,
+                        HeaderValue::from_str(&format!("bytes */{size}"))
+                            .unwrap_or(HeaderValue::from_static("bytes */0")),
+                    );
                     return r;
                 }
             }
@@ -192,13 +239,19 @@ impl App {
             if compression == NarCompression::None {
                 builder = builder.header(header::CONTENT_LENGTH, size);
             }
-            return builder.status(StatusCode::OK).body(Body::empty()).unwrap_or_else(|_| internal());
+            return builder
+                .status(StatusCode::OK)
+                .body(Body::empty())
+                .unwrap_or_else(|_| internal());
         }
         let reader = match self.store.nar_reader(&info.path) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(path = %info.path, "cannot read NAR: {e}");
-                return text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read {}: {e}\n", info.path));
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot read {}: {e}\n", info.path),
+                );
             }
         };
         let raw = body::from_blocking_reader(reader);
@@ -217,9 +270,12 @@ impl App {
                 body::slice(raw, start, end - start + 1)
             }
             None => {
-                let verified: body::ByteStream = Box::pin(body::Verified::new(raw, info.nar_hash.clone(), size));
+                let verified: body::ByteStream =
+                    Box::pin(body::Verified::new(raw, info.nar_hash.clone(), size));
                 if compression == NarCompression::None {
-                    builder = builder.status(StatusCode::OK).header(header::CONTENT_LENGTH, size);
+                    builder = builder
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_LENGTH, size);
                 } else {
                     builder = builder.status(StatusCode::OK);
                 }
@@ -296,8 +352,19 @@ mod tests {
         assert_eq!(parse_range(&v("bytes=-10"), 100), Ok((90, 99)));
         assert_eq!(parse_range(&v("bytes=50-1000"), 100), Ok((50, 99)));
         assert_eq!(parse_range(&v("bytes=-1000"), 100), Ok((0, 99)));
-        for bad in ["bytes=100-", "bytes=5-2", "bytes=0-1,3-4", "items=0-1", "bytes=a-b", "bytes=-0"] {
-            assert_eq!(parse_range(&HeaderValue::from_str(bad).unwrap(), 100), Err(()), "{bad}");
+        for bad in [
+            "bytes=100-",
+            "bytes=5-2",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-0",
+        ] {
+            assert_eq!(
+                parse_range(&HeaderValue::from_str(bad).unwrap(), 100),
+                Err(()),
+                "{bad}"
+            );
         }
     }
 }

@@ -39,17 +39,33 @@ impl Metrics {
         let mut registry = Registry::with_prefix("distributed_store_proxy");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+            Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ])
         });
         let nar_bytes = Counter::default();
-        registry.register("requests", "HTTP requests answered, by route and status", requests.clone());
+        registry.register(
+            "requests",
+            "HTTP requests answered, by route and status",
+            requests.clone(),
+        );
         registry.register(
             "response_seconds",
             "Time from request to response headers, by route",
             latency.clone(),
         );
-        registry.register("nar_bytes_sent", "NAR body bytes sent (after compression)", nar_bytes.clone());
-        Metrics { registry, requests, latency, nar_bytes }
+        registry.register(
+            "nar_bytes_sent",
+            "NAR body bytes sent (after compression)",
+            nar_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            nar_bytes,
+        }
     }
 
     /// The text exposition.

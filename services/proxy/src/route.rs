@@ -149,11 +149,19 @@ mod tests {
         assert_eq!(parse("/nix-cache-info"), Route::CacheInfo);
         assert_eq!(parse("/metrics"), Route::Metrics);
         assert!(matches!(parse(&format!("/{H}.narinfo")), Route::NarInfo(h) if h.as_str() == H));
-        for (ext, c) in [("", NarCompression::None), (".zst", NarCompression::Zstd), (".xz", NarCompression::Xz)] {
+        for (ext, c) in [
+            ("", NarCompression::None),
+            (".zst", NarCompression::Zstd),
+            (".xz", NarCompression::Xz),
+        ] {
             let r = parse(&format!("/nar/{H}-{NH}.nar{ext}"));
             assert_eq!(
                 r,
-                Route::Nar { hash: StorePathHash::parse(H).unwrap(), nar_hash: NH.into(), compression: c }
+                Route::Nar {
+                    hash: StorePathHash::parse(H).unwrap(),
+                    nar_hash: NH.into(),
+                    compression: c
+                }
             );
             let url = nar_url(&StorePathHash::parse(H).unwrap(), NH, c);
             assert_eq!(parse(&format!("/{url}")), r, "nar_url round-trips");
@@ -186,7 +194,11 @@ mod tests {
             "nix-cache-info".into(),
         ];
         for p in bad {
-            assert!(matches!(parse(&p), Route::Bad(_)), "{p} must be rejected, got {:?}", parse(&p));
+            assert!(
+                matches!(parse(&p), Route::Bad(_)),
+                "{p} must be rejected, got {:?}",
+                parse(&p)
+            );
         }
     }
 }

@@ -38,7 +38,9 @@ async fn connect_bus() -> Option<zbus::Connection> {
             None
         }
         Err(_) => {
-            tracing::warn!("D-Bus: system bus did not answer in 5s; running without signer and status");
+            tracing::warn!(
+                "D-Bus: system bus did not answer in 5s; running without signer and status"
+            );
             None
         }
     }
@@ -56,12 +58,16 @@ async fn publish_status(conn: &zbus::Connection, status: Status) {
 }
 
 /// Run the proxy until SIGTERM/SIGINT (or idle exit).
-pub async fn run(config: ds_runtime::Config, std_listeners: Vec<StdListener>) -> anyhow::Result<()> {
+pub async fn run(
+    config: ds_runtime::Config,
+    std_listeners: Vec<StdListener>,
+) -> anyhow::Result<()> {
     let activated = !std_listeners.is_empty();
     let std_listeners = if activated {
         std_listeners
     } else {
-        let l = StdListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
+        let l = StdListener::bind(config.listen)
+            .with_context(|| format!("binding {}", config.listen))?;
         l.set_nonblocking(true)?;
         vec![l]
     };
@@ -72,7 +78,8 @@ pub async fn run(config: ds_runtime::Config, std_listeners: Vec<StdListener>) ->
         .collect();
     let store_name = ds_runtime::config::store_display(&config.store);
     let store = Arc::new(
-        ds_store::LocalStore::open(&config.store).with_context(|| format!("opening the local Nix store {store_name}"))?,
+        ds_store::LocalStore::open(&config.store)
+            .with_context(|| format!("opening the local Nix store {store_name}"))?,
     );
 
     let stats = Arc::new(crate::status::Stats::default());
@@ -177,7 +184,9 @@ pub async fn run(config: ds_runtime::Config, std_listeners: Vec<StdListener>) ->
         loop {
             tokio::time::sleep(Duration::from_secs(1).min(limit)).await;
             let last = Duration::from_millis(last_activity_ms.load(Ordering::Relaxed));
-            if active.load(Ordering::Relaxed) == 0 && started.elapsed().saturating_sub(last) >= limit {
+            if active.load(Ordering::Relaxed) == 0
+                && started.elapsed().saturating_sub(last) >= limit
+            {
                 return;
             }
         }
@@ -195,7 +204,10 @@ pub async fn run(config: ds_runtime::Config, std_listeners: Vec<StdListener>) ->
     }
     // The accept tasks are gone, so this is the last reference.
     if let Ok(graceful) = Arc::try_unwrap(graceful) {
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
         }
     }

@@ -42,8 +42,14 @@ impl SignerClient {
     }
 
     async fn proxy(&self) -> zbus::Result<Signer1Proxy<'static>> {
-        let conn = self.conn.as_ref().ok_or_else(|| zbus::Error::Failure("no D-Bus connection".into()))?;
-        Signer1Proxy::builder(conn).cache_properties(CacheProperties::No).build().await
+        let conn = self
+            .conn
+            .as_ref()
+            .ok_or_else(|| zbus::Error::Failure("no D-Bus connection".into()))?;
+        Signer1Proxy::builder(conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
     }
 
     /// Our signature for `path`, from the cache or the signer. `None` when
@@ -68,7 +74,8 @@ impl SignerClient {
         })
         .await;
         let sig = match result {
-            Ok(Ok(s)) => Signature::parse(&s).map_err(|e| format!("signer returned an invalid signature: {e}")),
+            Ok(Ok(s)) => Signature::parse(&s)
+                .map_err(|e| format!("signer returned an invalid signature: {e}")),
             Ok(Err(SignerError::PathNotValid(e))) => {
                 // The path vanished between our lookup and the signer's: not a signer fault.
                 tracing::info!(path = %path, "signer: {e}");
@@ -103,6 +110,9 @@ impl SignerClient {
             return None;
         }
         let proxy = self.proxy().await.ok()?;
-        tokio::time::timeout(CALL_TIMEOUT, proxy.public_key()).await.ok()?.ok()
+        tokio::time::timeout(CALL_TIMEOUT, proxy.public_key())
+            .await
+            .ok()?
+            .ok()
     }
 }
