@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ds_core::{Hash, Signature, StorePath, StorePathHash, STORE_DIR};
+use ds_core::{Hash, HashAlgo, Signature, StorePath, StorePathHash, STORE_DIR};
 use rusqlite::{ffi, Connection, OpenFlags, OptionalExtension};
 
 use crate::{PathInfo, StoreError};
@@ -127,7 +127,10 @@ impl Db {
         let lower = format!("{STORE_DIR}/{hash}-");
         let upper = format!("{STORE_DIR}/{hash}.");
         let found = self.with_conn(|conn| {
-            let row = conn
+            // One read transaction for both statements, so a concurrent
+            // garbage collection cannot delete the Refs in between.
+            let tx = conn.unchecked_transaction()?;
+            let row = tx
                 .prepare_cached(
                     "SELECT id, path, hash, deriver, narSize, sigs, ca FROM ValidPaths \
                      WHERE path >= ?1 AND path < ?2 ORDER BY path LIMIT 1",
@@ -145,16 +148,15 @@ impl Db {
                 })
                 .optional()?;
             let Some(row) = row else { return Ok(None) };
-            // Same connection, separate statement: Nix commits a path and
-            // its references in one transaction, and a row can only vanish
-            // by garbage collection, which deletes the Refs with it.
-            let refs = conn
+            let refs = tx
                 .prepare_cached(
                     "SELECT v.path FROM Refs r JOIN ValidPaths v ON r.reference = v.id \
                      WHERE r.referrer = ?1",
                 )?
                 .query_map([row.id], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            // Read-only: ending the transaction either way is the same.
+            drop(tx);
             Ok(Some((row, refs)))
         })?;
         found.map(|(row, refs)| parse_row(row, refs)).transpose()
@@ -172,16 +174,16 @@ impl Db {
     /// write a readonly database") suggests the opposite of what happened.
     fn query_error(&self, e: rusqlite::Error) -> StoreError {
         let code = e.sqlite_error().map(|e| e.extended_code);
-        let wal_trouble = matches!(
-            code,
-            Some(
-                ffi::SQLITE_READONLY_DIRECTORY
-                    | ffi::SQLITE_CANTOPEN
-                    | ffi::SQLITE_READONLY_CANTINIT
-            )
-        );
+        let wal_trouble = e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen)
+            || matches!(
+                code,
+                Some(ffi::SQLITE_READONLY_DIRECTORY | ffi::SQLITE_READONLY_CANTINIT)
+            );
         let (wal, shm) = wal_files(&self.path);
-        if wal_trouble && (!wal.exists() || !shm.exists()) {
+        if wal_trouble
+            && (!wal.exists() || !shm.exists())
+            && is_wal_mode(&self.path).unwrap_or(false)
+        {
             return self.error(
                 code.unwrap_or(ffi::SQLITE_CANTOPEN),
                 format!(
@@ -213,6 +215,9 @@ fn parse_row(row: Row, refs: Vec<String>) -> Result<PathInfo, StoreError> {
     };
     let path = StorePath::parse(&row.path).map_err(|e| corrupt(e.to_string()))?;
     let nar_hash = Hash::parse(&row.hash).map_err(|e| corrupt(format!("hash: {e}")))?;
+    if nar_hash.algo != HashAlgo::Sha256 {
+        return Err(corrupt(format!("hash {:?} is not SHA-256", row.hash)));
+    }
     let nar_size = match row.nar_size {
         Some(n) => u64::try_from(n).map_err(|_| corrupt(format!("narSize is negative: {n}")))?,
         // Nix itself reads NULL as 0; serving that would fail every client's check.

@@ -295,4 +295,36 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn ensure_wal_files_only_for_wal_databases() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let uri = StoreUri::Chroot(dir.path().to_path_buf());
+        let db = uri.db_path();
+        std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+        let (wal, shm) = db::wal_files(&db);
+
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE ValidPaths (x)").unwrap();
+        drop(conn);
+        assert!(
+            !LocalStore::ensure_wal_files(&uri).unwrap(),
+            "rollback-journal db"
+        );
+        assert!(!wal.exists() && !shm.exists());
+
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.pragma_update(None, "journal_mode", "wal").unwrap();
+        drop(conn);
+        assert!(!wal.exists(), "SQLite removes them on last close");
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(LocalStore::ensure_wal_files(&uri).unwrap());
+        for f in [&wal, &shm] {
+            let meta = std::fs::metadata(f).unwrap();
+            assert_eq!((meta.permissions().mode() & 0o777, meta.len()), (0o640, 0));
+        }
+        assert!(!LocalStore::ensure_wal_files(&uri).unwrap());
+        LocalStore::open(&uri).unwrap();
+    }
 }

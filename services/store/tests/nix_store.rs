@@ -332,6 +332,34 @@ async fn nar_stream_chunks_and_offsets() {
     }
 }
 
+/// nix-nar cannot encode a non-UTF-8 file name: the NAR fails part-way
+/// with an error saying so (never a NAR that silently differs from Nix's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_utf8_name_fails_loudly() {
+    require_nix!();
+    let env = NixEnv::new();
+    let bad = env.build("badname");
+    let store = Arc::new(LocalStore::open(&env.uri()).unwrap());
+    let path = StorePath::parse(&bad).unwrap();
+    assert!(store.path_info(path.hash()).unwrap().is_some());
+    let nix = env.run("nix", &["store", "dump-path", &bad]);
+    let name_token = [1, 0, 0, 0, 0, 0, 0, 0, 0xff];
+    assert!(
+        nix.windows(9).any(|w| w == name_token),
+        "Nix dumps the name"
+    );
+
+    let err = store
+        .nar_reader(&path)
+        .unwrap()
+        .read_to_end(&mut Vec::new())
+        .unwrap_err();
+    assert!(err.to_string().contains("not UTF-8"), "{err}");
+    let items: Vec<_> = store.clone().nar_stream(path).collect().await;
+    let err = items.last().unwrap().as_ref().unwrap_err();
+    assert!(err.to_string().contains("not UTF-8"), "{err}");
+}
+
 /// Paths Nix adds while we read become visible, with Nix's metadata, and
 /// reads never fail meanwhile.
 #[test]

@@ -72,7 +72,9 @@ let
     while [ $i -lt 6000 ]; do echo "line $i of a file larger than one chunk"; i=$((i+1)); done > $out/big.txt
   '';
   link = mk "tb-link" ''ln -s /etc/passwd $out'';
-in { inherit leaf lib app tree link; }
+  # a file name that is not UTF-8 (byte 0xff): valid for Nix, not for nix-nar
+  badname = mk "tb-badname" ''mkdir $out; echo a > $out/a; echo x > "$out/$(printf '\377')"; echo z > $out/z'';
+in { inherit leaf lib app tree link badname; }
 "#;
 
 /// One private store in a temporary directory (removed on drop).
