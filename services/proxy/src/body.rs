@@ -1,5 +1,4 @@
-//! NAR response bodies: generated from the store on a blocking thread,
-//! verified against the database's NarHash while streaming, optionally
+//! NAR response bodies: the store's NAR stream, verified against the database's NarHash while streaming, optionally
 //! compressed, counted.
 //!
 //! Verification holds back the last chunk until the hash and size are
@@ -7,7 +6,6 @@
 //! damaged or tampered store), the body ends with an error instead, so the
 //! client sees a failed transfer, never a complete bad NAR.
 
-use std::io::Read;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -17,42 +15,11 @@ use ds_core::Hash;
 use ds_runtime::config::NarCompression;
 use futures::{Stream, StreamExt, TryStreamExt};
 
-/// Chunk size read from the NAR encoder.
+/// Chunk size of compressed output.
 const CHUNK: usize = 64 * 1024;
 
 /// A stream of body chunks.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
-
-/// Run a blocking reader on the blocking pool and stream its bytes, with a
-/// small bounded channel for back-pressure (a slow client never makes us
-/// buffer more than a few chunks).
-pub fn from_blocking_reader(mut reader: Box<dyn Read + Send>) -> ByteStream {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
-    tokio::task::spawn_blocking(move || loop {
-        let mut buf = vec![0u8; CHUNK];
-        match reader.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                buf.truncate(n);
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                    return; // client went away
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        }
-    });
-    Box::pin(tokio_stream_from_receiver(rx))
-}
-
-fn tokio_stream_from_receiver(
-    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
-) -> impl Stream<Item = std::io::Result<Bytes>> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
 
 /// Verifies a NAR stream against the expected hash and size.
 pub struct Verified {

@@ -244,17 +244,6 @@ impl App {
                 .body(Body::empty())
                 .unwrap_or_else(|_| internal());
         }
-        let reader = match self.store.nar_reader(&info.path) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(path = %info.path, "cannot read NAR: {e}");
-                return text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot read {}: {e}\n", info.path),
-                );
-            }
-        };
-        let raw = body::from_blocking_reader(reader);
         let stats = self.stats.clone();
         let nar_bytes = self.metrics.nar_bytes.clone();
         let count = move |n: u64| {
@@ -267,9 +256,12 @@ impl App {
                     .status(StatusCode::PARTIAL_CONTENT)
                     .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
                     .header(header::CONTENT_LENGTH, end - start + 1);
-                body::slice(raw, start, end - start + 1)
+                // The store skips file contents before `start` without reading them.
+                let from = Box::pin(self.store.clone().nar_stream_from(info.path.clone(), start));
+                body::slice(from, 0, end - start + 1)
             }
             None => {
+                let raw = Box::pin(self.store.clone().nar_stream(info.path.clone()));
                 let verified: body::ByteStream =
                     Box::pin(body::Verified::new(raw, info.nar_hash.clone(), size));
                 if compression == NarCompression::None {

@@ -14,6 +14,11 @@ struct Args {
     /// Config file (TOML); missing file = defaults.
     #[arg(long, env = "DISTRIBUTED_STORE_CONFIG", default_value = ds_runtime::config::DEFAULT_PATH)]
     config: PathBuf,
+    /// Prepare the store for unprivileged reading and exit: create the Nix
+    /// database's missing `-wal`/`-shm` files (root only; the units run this
+    /// as `ExecStartPre=+`). See docs/store-access.md.
+    #[arg(long)]
+    prepare_store: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,6 +30,9 @@ fn main() -> anyhow::Result<()> {
         tracing::warn!("config {} not found; using defaults", args.config.display());
         Config::default()
     };
+    if args.prepare_store {
+        return ds_runtime::prepare_store(&config);
+    }
     // Before the runtime starts threads: this consumes LISTEN_FDS & co.
     let listeners = ds_runtime::systemd::take_listeners().context("socket activation")?;
     tokio::runtime::Builder::new_multi_thread()

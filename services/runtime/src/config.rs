@@ -165,7 +165,11 @@ fn check_url(path: &Option<PathBuf>, key: &str, url: &str) -> Result<String, Con
     if ok {
         Ok(url.trim_end_matches('/').to_string())
     } else {
-        Err(invalid(path, key, format!("{url:?} is not an http:// or https:// URL")))
+        Err(invalid(
+            path,
+            key,
+            format!("{url:?} is not an http:// or https:// URL"),
+        ))
     }
 }
 
@@ -190,7 +194,9 @@ impl Config {
     /// Parse and validate TOML text.
     pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("<string>")),
+            path: path
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("<string>")),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
         Config::from_raw(raw, path.map(Path::to_path_buf))
@@ -209,13 +215,20 @@ impl Config {
         };
         if let Some(k) = &raw.private_key_file {
             if !k.is_absolute() {
-                return Err(invalid(&path, "privateKeyFile", format!("{} must be an absolute path", k.display())));
+                return Err(invalid(
+                    &path,
+                    "privateKeyFile",
+                    format!("{} must be an absolute path", k.display()),
+                ));
             }
         }
         let trusted_public_keys = raw
             .trusted_public_keys
             .iter()
-            .map(|k| PublicKey::parse(k).map_err(|e| invalid(&path, "trustedPublicKeys", format!("{k:?}: {e}"))))
+            .map(|k| {
+                PublicKey::parse(k)
+                    .map_err(|e| invalid(&path, "trustedPublicKeys", format!("{k:?}: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut upstreams = Vec::new();
         for u in raw.upstreams {
@@ -226,7 +239,10 @@ impl Config {
             let url = check_url(&path, "upstreams", &url)?;
             let public_keys = keys
                 .iter()
-                .map(|k| PublicKey::parse(k).map_err(|e| invalid(&path, "upstreams.publicKeys", format!("{k:?}: {e}"))))
+                .map(|k| {
+                    PublicKey::parse(k)
+                        .map_err(|e| invalid(&path, "upstreams.publicKeys", format!("{k:?}: {e}")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             upstreams.push(Upstream { url, public_keys });
         }
@@ -237,7 +253,11 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
         let max_connections = raw.max_connections.unwrap_or(1024);
         if max_connections == 0 {
-            return Err(invalid(&path, "maxConnections", "must be at least 1".into()));
+            return Err(invalid(
+                &path,
+                "maxConnections",
+                "must be at least 1".into(),
+            ));
         }
         Ok(Config {
             path,

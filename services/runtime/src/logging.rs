@@ -15,7 +15,9 @@ pub fn init(service: &str) {
         // The layer fails where no journald socket exists: fall back to stderr.
         match tracing_journald::layer() {
             Ok(layer) => {
-                registry.with(layer.with_syslog_identifier(service.to_string())).init();
+                registry
+                    .with(layer.with_syslog_identifier(service.to_string()))
+                    .init();
                 return;
             }
             Err(e) => eprintln!("{service}: journald unavailable ({e}); logging to stderr"),

@@ -47,7 +47,9 @@ pub fn take_listeners() -> std::io::Result<Vec<std::net::TcpListener>> {
     let fds: Vec<_> = match sd_notify::listen_fds() {
         Ok(fds) => fds.collect(),
         Err(e) => {
-            return Err(std::io::Error::other(format!("invalid LISTEN_FDS/LISTEN_PID from systemd: {e}")));
+            return Err(std::io::Error::other(format!(
+                "invalid LISTEN_FDS/LISTEN_PID from systemd: {e}"
+            )));
         }
     };
     for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {

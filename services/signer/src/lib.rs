@@ -78,7 +78,10 @@ pub struct Signer {
 impl Signer {
     /// A signer over `store`; without a key every `Sign` fails with `NoKey`.
     pub fn new(key: Option<SecretKey>, store: Arc<LocalStore>, store_name: String) -> Self {
-        let public_key = key.as_ref().map(|k| k.public().to_string()).unwrap_or_default();
+        let public_key = key
+            .as_ref()
+            .map(|k| k.public().to_string())
+            .unwrap_or_default();
         Signer {
             key,
             public_key,
@@ -99,7 +102,9 @@ impl Signer {
     /// How long the signer has been idle.
     pub fn idle_for(started: Instant, last_used_ms: &AtomicU64) -> std::time::Duration {
         let now = started.elapsed();
-        now.saturating_sub(std::time::Duration::from_millis(last_used_ms.load(Ordering::Relaxed)))
+        now.saturating_sub(std::time::Duration::from_millis(
+            last_used_ms.load(Ordering::Relaxed),
+        ))
     }
 
     /// When the signer started.
@@ -124,11 +129,13 @@ impl Signer {
     }
 
     async fn sign_inner(&self, store_path: &str) -> Result<String, SignerError> {
-        let key = self
-            .key
-            .as_ref()
-            .ok_or_else(|| SignerError::NoKey("no signing key is configured (privateKeyFile / LoadCredential signing-key)".into()))?;
-        let path = StorePath::parse(store_path).map_err(|e| SignerError::InvalidPath(e.to_string()))?;
+        let key = self.key.as_ref().ok_or_else(|| {
+            SignerError::NoKey(
+                "no signing key is configured (privateKeyFile / LoadCredential signing-key)".into(),
+            )
+        })?;
+        let path =
+            StorePath::parse(store_path).map_err(|e| SignerError::InvalidPath(e.to_string()))?;
         let store = self.store.clone();
         let hash = path.hash().clone();
         let info = tokio::task::spawn_blocking(move || store.path_info(&hash))

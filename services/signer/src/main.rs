@@ -18,6 +18,11 @@ struct Args {
     /// Config file (TOML).
     #[arg(long, env = "DISTRIBUTED_STORE_CONFIG", default_value = ds_runtime::config::DEFAULT_PATH)]
     config: PathBuf,
+    /// Prepare the store for unprivileged reading and exit: create the Nix
+    /// database's missing `-wal`/`-shm` files (root only; the units run this
+    /// as `ExecStartPre=+`). See docs/store-access.md.
+    #[arg(long)]
+    prepare_store: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -30,6 +35,9 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("config {} not found; using defaults", args.config.display());
         Config::default()
     };
+    if args.prepare_store {
+        return ds_runtime::prepare_store(&config);
+    }
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     let key = match key_source(creds.as_deref(), config.private_key_file.as_deref()) {
         Some(p) => {
@@ -42,7 +50,8 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
-    let store = Arc::new(ds_store::LocalStore::open(&config.store).context("opening the local Nix store")?);
+    let store =
+        Arc::new(ds_store::LocalStore::open(&config.store).context("opening the local Nix store")?);
     let store_name = ds_runtime::config::store_display(&config.store);
     let signer = Signer::new(key, store, store_name);
     let (started, last_used) = (signer.started(), signer.last_used());
@@ -78,7 +87,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn idle_timer(secs: u64, started: std::time::Instant, last_used: Arc<std::sync::atomic::AtomicU64>) {
+async fn idle_timer(
+    secs: u64,
+    started: std::time::Instant,
+    last_used: Arc<std::sync::atomic::AtomicU64>,
+) {
     if secs == 0 {
         std::future::pending::<()>().await;
     }
