@@ -64,4 +64,15 @@ store = \"local?root=$STORE_ROOT\"" && {
   check "signs with it" grep -qF "\"$NIX_SIG\"" <(sign_as distributed-store "$APP")
   check "stops cleanly" down "$UP_PID"
 }
+
+# Keys from `distributed-store keygen` are real Nix keys: Nix signs with ours and verifies with our public key.
+check "keygen writes a key pair" "$BIN/distributed-store" keygen ds-keygen-1 "$W/kg.sec" "$W/kg.pub"
+check "keygen: secret key file is mode 600" [ "$(stat -c %a "$W/kg.sec")" = 600 ]
+check_fails "keygen never overwrites a key" "refusing to overwrite" "$BIN/distributed-store" keygen ds-keygen-1 "$W/kg.sec" "$W/kg2.pub"
+nix_sign_verify() {
+  ( . "$TESTBED/nix-env.sh" "$W/nixcopy"
+    nix store sign --key-file "$W/kg.sec" "$APP" &&
+    nix store verify --sigs-needed 1 --trusted-public-keys "$(cat "$W/kg.pub")" "$APP" )
+}
+check "keygen: nix store sign + nix store verify accept our key pair" nix_sign_verify
 finish

@@ -14,6 +14,13 @@ has_sig() { nixc "$1" "" "" nix path-info --sigs "$2" | grep -q -- "$3"; }
 narinfo() { curl -sf --noproxy '*' "$1/${2:11:32}.narinfo"; }
 EXPECTED=$(printf '%s\n' "$LEAF" "$LIB" "$BIG" "$APP" | sort | tr '\n' ' ')
 
+# A bad config is refused before anything starts, naming the key.
+printf 'listen = "127.0.0.1:%s"\ncompresion = "zstd"\n' "$PORT" > "$W/bad.toml"
+check_fails "up refuses an unknown key, naming it" "compresion" "$BIN/distributed-store" up --config "$W/bad.toml" --runtime-dir "$W/bad-run"
+check_not "nothing was started for the bad config" test -e "$W/bad-run/bus.sock"
+printf 'privateKeyFile = "%s"\n' "$W/missing.sec" > "$W/bad2.toml"
+check_fails "up refuses a missing privateKeyFile" "privateKeyFile" "$BIN/distributed-store" up --config "$W/bad2.toml"
+
 for comp in zstd none xz; do
   up "node-$comp" "listen = \"127.0.0.1:$PORT\"
 store = \"local?root=$STORE_ROOT\"

@@ -13,6 +13,9 @@
 #                D-Bus activation, signed Nix substitution. Needs no project binary.
 #   --peers      make the node3 peer-substitution check mandatory (default: SKIP when it fails,
 #                because peers are not implemented yet).
+#   --wal-dropin add a drop-in to the proxy and signer units with
+#                ExecStartPre=+touch /nix/var/nix/db/db.sqlite-{wal,shm} (the fix that
+#                docs/store-access.md proposes) for as long as dist/ does not carry it.
 #   --keep       leave the VMs running at the end (prints how to reach and stop them).
 #   --cache DIR  image cache (default $DSVM_CACHE or ${XDG_CACHE_HOME:-$HOME/.cache}/distributed-store-vm).
 #
@@ -28,7 +31,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 VM="$HERE/vm.sh"
 
-NODES= BINS= MODE=full KEEP=0 PEERS=0
+NODES= BINS= MODE=full KEEP=0 PEERS=0 WAL_DROPIN=0
 export DSVM_CACHE="${DSVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/distributed-store-vm}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,8 +41,9 @@ while [ $# -gt 0 ]; do
     --selftest) MODE=selftest; shift ;;
     --peers) PEERS=1; shift ;;
     --keep) KEEP=1; shift ;;
+    --wal-dropin) WAL_DROPIN=1; shift ;;
     --cache) DSVM_CACHE="${2:?--cache needs a directory}"; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -79,6 +83,15 @@ g() { local desc="$1" node="$2"; shift 2; check "$desc" x "$node" "$*"; }
 step() {
   local desc="$1" node="$2" out; shift 2
   out=$(x "$node" "$*" 2>&1) || fail "$desc" "$out"
+}
+# on_all DESC 'script': run the script on every node at once; one ok/FAIL line per node.
+on_all() {
+  local desc="$1" script="$2" i n; local -a ps=()
+  for n in "${NODE_LIST[@]}"; do x "$n" "$script" >"$DSVM_RUN/step-$n.log" 2>&1 & ps+=($!); done
+  for i in "${!ps[@]}"; do
+    n=${NODE_LIST[$i]}
+    if wait "${ps[$i]}"; then pass "$n: $desc"; else fail "$n: $desc" "$(cat "$DSVM_RUN/step-$n.log")"; fi
+  done
 }
 # val NODE 'script': the script's stdout (its stderr goes to the run's log).
 val() { x "$1" "$2" 2>>"$DSVM_RUN/stderr.log"; }
@@ -223,7 +236,7 @@ full() {
   local P=/opt/distributed-store/bin SVC=distributed-store-proxy.service SIG=distributed-store-signer.service
   local SIGNER="org.distributedstore.Signer1 /org/distributedstore/Signer1 org.distributedstore.Signer1"
 
-  say "== install dist files on every node"
+  say "== install dist files on every node (in parallel)"
   t=$(now)
   local INSTALL='set -e
     install -d -m 755 /opt/distributed-store/bin /etc/distributed-store
@@ -233,18 +246,22 @@ full() {
     install -m 644 /mnt/host/share/dbus-1/system-services/* /usr/share/dbus-1/system-services/
     install -d -m 755 /usr/lib/sysusers.d
     install -m 644 /mnt/host/lib/sysusers.d/* /usr/lib/sysusers.d/
-    systemd-sysusers'
-  pids=()
-  for n in "${NODE_LIST[@]}"; do x "$n" "$INSTALL" >"$DSVM_RUN/install-$n.log" 2>&1 & pids+=($!); done
-  for i in "${!pids[@]}"; do
-    n=${NODE_LIST[$i]}
-    if wait "${pids[$i]}"; then pass "$n: dist files installed, systemd-sysusers ran"
-    else fail "$n: dist files installed, systemd-sysusers ran" "$(cat "$DSVM_RUN/install-$n.log")"; fi
-  done
-  for n in "${NODE_LIST[@]}"; do
-    g "$n: users distributed-store and distributed-store-signer exist" "$n" \
-      'getent passwd distributed-store && getent passwd distributed-store-signer'
-  done
+    systemd-sysusers
+    getent passwd distributed-store >/dev/null && getent passwd distributed-store-signer >/dev/null
+    # Every Nix machine has its database; the Debian nix-bin package creates it lazily on first use.
+    nix-store --init'
+  if [ "$WAL_DROPIN" = 1 ]; then
+    # The units run with UMask=0077, which "+" commands inherit: a bare touch would make
+    # 0600 files that the service users cannot open. Existing files are never truncated.
+    say "  --wal-dropin: ExecStartPre=+ creating empty 0644 db.sqlite-wal/-shm for proxy and signer (not in dist/)"
+    INSTALL="$INSTALL"'
+    for u in distributed-store-proxy distributed-store-signer; do
+      mkdir -p /etc/systemd/system/$u.service.d
+      printf "%s\n" "[Service]" "ExecStartPre=+/bin/sh -c \"umask 022; exec touch /nix/var/nix/db/db.sqlite-wal /nix/var/nix/db/db.sqlite-shm\"" \
+        >/etc/systemd/system/$u.service.d/vm-test-wal.conf
+    done'
+  fi
+  on_all "dist files installed (units, D-Bus policy + activation, sysusers), users created" "$INSTALL"
 
   # node1: signing key made in the VM; config points the signer at it.
   PUB=$(val node1 "set -e; umask 077
@@ -253,25 +270,17 @@ full() {
     chmod 0644 /etc/distributed-store/signing-key.pub; cat /etc/distributed-store/signing-key.pub") \
     || fail "node1: generate signing key" "$(tail -20 "$DSVM_RUN/stderr.log")"
   say "  node1 public key: $PUB"
-  step "node1: write config" node1 "cat >/etc/distributed-store/config.toml <<'EOF'
-# node1: serves and signs its own store
-privateKeyFile = \"/etc/distributed-store/signing-key\"
-trustedPublicKeys = [ \"$PUB\" ]
-EOF"
-  step "node2: write config" node2 "cat >/etc/distributed-store/config.toml <<'EOF'
-# node2: trusts node1, no key of its own
-trustedPublicKeys = [ \"$PUB\" ]
-EOF"
-  [ "$NODES" -lt 3 ] || step "node3: write config" node3 "cat >/etc/distributed-store/config.toml <<'EOF'
-# node3: trusts node1 and asks it as a peer
-trustedPublicKeys = [ \"$PUB\" ]
-peers = [ \"http://10.78.0.11:5496\" ]
-EOF"
-  for n in "${NODE_LIST[@]}"; do
-    g "$n: daemon-reload, reload dbus, enable --now distributed-store-proxy.socket" "$n" \
-      'chmod 0644 /etc/distributed-store/config.toml && systemctl daemon-reload && systemctl reload dbus &&
-       systemctl enable --now distributed-store-proxy.socket && systemctl is-active distributed-store-proxy.socket'
-  done
+  on_all "config written; daemon-reload, reload dbus, enable --now distributed-store-proxy.socket" "set -e
+    case \$(hostname) in
+      node1) printf '%s\n' '# node1: serves and signs its own store' \
+               'privateKeyFile = \"/etc/distributed-store/signing-key\"' 'trustedPublicKeys = [ \"$PUB\" ]' ;;
+      node2) printf '%s\n' '# node2: trusts node1, no key of its own' 'trustedPublicKeys = [ \"$PUB\" ]' ;;
+      node3) printf '%s\n' '# node3: trusts node1 and asks it as a peer' 'trustedPublicKeys = [ \"$PUB\" ]' \
+               'peers = [ \"http://10.78.0.11:5496\" ]' ;;
+    esac >/etc/distributed-store/config.toml
+    chmod 0644 /etc/distributed-store/config.toml
+    systemctl daemon-reload; systemctl reload dbus
+    systemctl enable --now distributed-store-proxy.socket; systemctl is-active distributed-store-proxy.socket"
   T_INSTALL=$(since "$t")
   t=$(now)
 
@@ -311,8 +320,11 @@ EOF"
     bash -c 'test "$1" = "s \"$2\"" || { echo "got: $1"; echo "want: s \"$2\""; false; }' _ "$out" "$PUB"
   g "node1: signer active (Type=dbus)" node1 \
     "systemctl is-active $SIG && test \"\$(systemctl show -p Type --value $SIG)\" = dbus || { journalctl -u $SIG --no-pager | tail -20; false; }"
-  g "node1: LoadCredential=signing-key:/etc/distributed-store/signing-key" node1 \
-    "systemctl show -p LoadCredential $SIG | tee /dev/stderr | grep -q 'signing-key:/etc/distributed-store/signing-key'"
+  # systemd 252's `systemctl show -p LoadCredential` prints "[unprintable]": read the unit's D-Bus property.
+  g "node1: LoadCredential=signing-key:/etc/distributed-store/signing-key (systemd's parsed unit)" node1 \
+    "u=\$(busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager GetUnit s $SIG | cut -d'\"' -f2)
+     busctl get-property org.freedesktop.systemd1 \$u org.freedesktop.systemd1.Service LoadCredential | tee /dev/stderr |
+       grep -qx 'a(ss) 1 \"signing-key\" \"/etc/distributed-store/signing-key\"'"
   g "node1: signer has \$CREDENTIALS_DIRECTORY/signing-key and runs as distributed-store-signer" node1 \
     "pid=\$(systemctl show -p MainPID --value $SIG); d=\$(tr '\\0' '\\n' </proc/\$pid/environ | sed -n 's/^CREDENTIALS_DIRECTORY=//p')
      echo \"CREDENTIALS_DIRECTORY=\$d\"; test -n \"\$d\" && test -s \"\$d/signing-key\" && test \"\$(stat -c %U /proc/\$pid)\" = distributed-store-signer"

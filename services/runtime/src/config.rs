@@ -275,3 +275,99 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+
+    fn err(text: &str) -> String {
+        Config::parse(text, Some(Path::new("/etc/ds.toml")))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::parse("", None).unwrap();
+        assert_eq!(c.listen, "[::]:5496".parse().unwrap());
+        assert_eq!(c.store, StoreUri::System);
+        assert_eq!(c.compression, NarCompression::Zstd);
+        assert_eq!(
+            (c.priority, c.want_mass_query, c.idle_exit_sec),
+            (30, true, 0)
+        );
+        assert!(c.private_key_file.is_none() && c.peers.is_empty() && c.upstreams.is_empty());
+    }
+
+    #[test]
+    fn full_config() {
+        let c = Config::parse(
+            &format!(
+                r#"
+listen = "127.0.0.1:8080"
+store = "local?root=/srv/store"
+privateKeyFile = "/run/keys/ds.sec"
+trustedPublicKeys = ["{KEY}"]
+upstreams = ["https://cache.nixos.org/", {{ url = "http://mirror:80", publicKeys = ["{KEY}"] }}]
+peers = ["http://build1:5496"]
+priority = 10
+wantMassQuery = false
+compression = "xz"
+idleExitSec = 60
+maxConnections = 10
+"#
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.store, StoreUri::Chroot("/srv/store".into()));
+        assert_eq!(c.trusted_public_keys.len(), 1);
+        assert_eq!(c.upstreams[0].url, "https://cache.nixos.org");
+        assert_eq!(c.upstreams[1].public_keys.len(), 1);
+        assert_eq!(c.peers, vec!["http://build1:5496".to_string()]);
+        assert_eq!(c.compression, NarCompression::Xz);
+        assert_eq!(
+            (
+                c.priority,
+                c.want_mass_query,
+                c.idle_exit_sec,
+                c.max_connections
+            ),
+            (10, false, 60, 10)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("bogus = 1", "bogus"),
+            ("privateKeyFiles = \"/x\"", "privateKeyFiles"),
+            ("listen = \"localhost\"", "listen"),
+            ("listen = 5496", "listen"),
+            ("store = \"daemon\"", "store"),
+            ("store = \"local?root=relative\"", "store"),
+            ("privateKeyFile = \"key.sec\"", "privateKeyFile"),
+            ("trustedPublicKeys = [\"nocolon\"]", "trustedPublicKeys"),
+            (
+                "trustedPublicKeys = [\"k:not base64!\"]",
+                "trustedPublicKeys",
+            ),
+            ("peers = [\"ftp://x\"]", "peers"),
+            ("upstreams = [\"cache.nixos.org\"]", "upstreams"),
+            ("compression = \"bzip2\"", "compression"),
+            ("maxConnections = 0", "maxConnections"),
+            ("priority = -1", "priority"),
+        ];
+        for (text, key) in cases {
+            let e = err(text);
+            assert!(e.contains(key), "{text:?}: error {e:?} does not name {key}");
+            assert!(
+                e.contains("/etc/ds.toml"),
+                "{text:?}: error {e:?} does not name the file"
+            );
+        }
+    }
+}
