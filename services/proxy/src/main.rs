@@ -1,36 +1,22 @@
 //! `distributed-store-proxy`: see the crate docs of `ds_proxy`.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use clap::Parser;
-use ds_runtime::Config;
 
 /// Serves this machine's Nix store over the binary-cache HTTP protocol
 /// (socket-activated by systemd, or binding `listen` from the config).
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// Config file (TOML); missing file = defaults.
-    #[arg(long, env = "DISTRIBUTED_STORE_CONFIG", default_value = ds_runtime::config::DEFAULT_PATH)]
-    config: PathBuf,
-    /// Prepare the store for unprivileged reading and exit: create the Nix
-    /// database's missing `-wal`/`-shm` files (root only; the units run this
-    /// as `ExecStartPre=+`). See docs/store-access.md.
-    #[arg(long)]
-    prepare_store: bool,
+    #[command(flatten)]
+    service: ds_runtime::args::ServiceArgs,
 }
 
 fn main() -> anyhow::Result<()> {
     ds_runtime::logging::init("distributed-store-proxy");
     let args = Args::parse();
-    let config = if args.config.exists() {
-        Config::load(&args.config)?
-    } else {
-        tracing::warn!("config {} not found; using defaults", args.config.display());
-        Config::default()
-    };
-    if args.prepare_store {
+    let config = args.service.load_config()?;
+    if args.service.prepare_store {
         return ds_runtime::prepare_store(&config);
     }
     // Before the runtime starts threads: this consumes LISTEN_FDS & co.

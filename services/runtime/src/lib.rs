@@ -2,6 +2,7 @@
 //! file, logging (journald under systemd, stderr otherwise), systemd
 //! readiness/watchdog notification and socket activation.
 
+pub mod args;
 pub mod config;
 pub mod logging;
 pub mod systemd;

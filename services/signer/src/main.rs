@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use ds_runtime::{systemd, Config};
+use ds_runtime::systemd;
 use ds_signer::{key_source, load_key, Signer};
 
 /// Holds the binary-cache signing key and signs paths valid in the local
@@ -15,27 +15,16 @@ use ds_signer::{key_source, load_key, Signer};
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// Config file (TOML).
-    #[arg(long, env = "DISTRIBUTED_STORE_CONFIG", default_value = ds_runtime::config::DEFAULT_PATH)]
-    config: PathBuf,
-    /// Prepare the store for unprivileged reading and exit: create the Nix
-    /// database's missing `-wal`/`-shm` files (root only; the units run this
-    /// as `ExecStartPre=+`). See docs/store-access.md.
-    #[arg(long)]
-    prepare_store: bool,
+    #[command(flatten)]
+    service: ds_runtime::args::ServiceArgs,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     ds_runtime::logging::init("distributed-store-signer");
     let args = Args::parse();
-    let config = if args.config.exists() {
-        Config::load(&args.config)?
-    } else {
-        tracing::warn!("config {} not found; using defaults", args.config.display());
-        Config::default()
-    };
-    if args.prepare_store {
+    let config = args.service.load_config()?;
+    if args.service.prepare_store {
         return ds_runtime::prepare_store(&config);
     }
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
