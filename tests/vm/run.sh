@@ -13,9 +13,6 @@
 #                D-Bus activation, signed Nix substitution. Needs no project binary.
 #   --peers      make the node3 peer-substitution check mandatory (default: SKIP when it fails,
 #                because peers are not implemented yet).
-#   --wal-dropin add a drop-in to the proxy and signer units with
-#                ExecStartPre=+touch /nix/var/nix/db/db.sqlite-{wal,shm} (the fix that
-#                docs/store-access.md proposes) for as long as dist/ does not carry it.
 #   --keep       leave the VMs running at the end (prints how to reach and stop them).
 #   --cache DIR  image cache (default $DSVM_CACHE or ${XDG_CACHE_HOME:-$HOME/.cache}/distributed-store-vm).
 #
@@ -31,7 +28,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 VM="$HERE/vm.sh"
 
-NODES= BINS= MODE=full KEEP=0 PEERS=0 WAL_DROPIN=0
+NODES= BINS= MODE=full KEEP=0 PEERS=0
 export DSVM_CACHE="${DSVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/distributed-store-vm}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -41,9 +38,8 @@ while [ $# -gt 0 ]; do
     --selftest) MODE=selftest; shift ;;
     --peers) PEERS=1; shift ;;
     --keep) KEEP=1; shift ;;
-    --wal-dropin) WAL_DROPIN=1; shift ;;
     --cache) DSVM_CACHE="${2:?--cache needs a directory}"; shift 2 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -250,17 +246,6 @@ full() {
     getent passwd distributed-store >/dev/null && getent passwd distributed-store-signer >/dev/null
     # Every Nix machine has its database; the Debian nix-bin package creates it lazily on first use.
     nix-store --init'
-  if [ "$WAL_DROPIN" = 1 ]; then
-    # The units run with UMask=0077, which "+" commands inherit: a bare touch would make
-    # 0600 files that the service users cannot open. Existing files are never truncated.
-    say "  --wal-dropin: ExecStartPre=+ creating empty 0644 db.sqlite-wal/-shm for proxy and signer (not in dist/)"
-    INSTALL="$INSTALL"'
-    for u in distributed-store-proxy distributed-store-signer; do
-      mkdir -p /etc/systemd/system/$u.service.d
-      printf "%s\n" "[Service]" "ExecStartPre=+/bin/sh -c \"umask 022; exec touch /nix/var/nix/db/db.sqlite-wal /nix/var/nix/db/db.sqlite-shm\"" \
-        >/etc/systemd/system/$u.service.d/vm-test-wal.conf
-    done'
-  fi
   on_all "dist files installed (units, D-Bus policy + activation, sysusers), users created" "$INSTALL"
 
   # node1: signing key made in the VM; config points the signer at it.
