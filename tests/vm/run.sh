@@ -269,7 +269,7 @@ full() {
   T_INSTALL=$(since "$t")
   t=$(now)
 
-  say "== socket activation (proxy)"
+  say "== before any activation"
   g "node1: key file is root 0600; config privateKeyFile points at it" node1 \
     'test "$(stat -c "%U %a" /etc/distributed-store/signing-key)" = "root 600" &&
      grep -qx "privateKeyFile = \"/etc/distributed-store/signing-key\"" /etc/distributed-store/config.toml'
@@ -279,6 +279,26 @@ full() {
        ss -ltn 2>/dev/null | grep -q ':5496 ' || { systemctl status --no-pager $SVC; false; }"
   done
   g "node1: signer inactive before the first D-Bus call" node1 "test \"\$(systemctl is-active $SIG)\" = inactive"
+  say "== signer (D-Bus activation, LoadCredential)"
+  out=$(x node1 "busctl get-property $SIGNER PublicKey" 2>&1)
+  check "node1: busctl get-property Signer1 PublicKey starts the signer and returns the .pub key" \
+    bash -c 'test "$1" = "s \"$2\"" || { echo "got: $1"; echo "want: s \"$2\""; false; }' _ "$out" "$PUB"
+  g "node1: signer active (Type=dbus)" node1 \
+    "systemctl is-active $SIG && test \"\$(systemctl show -p Type --value $SIG)\" = dbus || { journalctl -u $SIG --no-pager | tail -20; false; }"
+  # systemd 252's `systemctl show -p LoadCredential` prints "[unprintable]": read the unit's D-Bus property.
+  g "node1: LoadCredential=signing-key:/etc/distributed-store/signing-key (systemd's parsed unit)" node1 \
+    "u=\$(busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager GetUnit s $SIG | cut -d'\"' -f2)
+     busctl get-property org.freedesktop.systemd1 \$u org.freedesktop.systemd1.Service LoadCredential | tee /dev/stderr |
+       grep -qx 'a(ss) 1 \"signing-key\" \"/etc/distributed-store/signing-key\"'"
+  g "node1: signer has \$CREDENTIALS_DIRECTORY/signing-key and runs as distributed-store-signer" node1 \
+    "pid=\$(systemctl show -p MainPID --value $SIG); d=\$(tr '\\0' '\\n' </proc/\$pid/environ | sed -n 's/^CREDENTIALS_DIRECTORY=//p')
+     echo \"CREDENTIALS_DIRECTORY=\$d\"; test -n \"\$d\" && test -s \"\$d/signing-key\" && test \"\$(stat -c %U /proc/\$pid)\" = distributed-store-signer"
+  g "node1: the signer's user cannot read /etc/distributed-store/signing-key directly" node1 \
+    '! runuser -u distributed-store-signer -- cat /etc/distributed-store/signing-key >/dev/null'
+  g "node1: the proxy's user cannot read it either" node1 \
+    '! runuser -u distributed-store -- cat /etc/distributed-store/signing-key >/dev/null'
+
+  say "== socket activation (proxy)"
   g "node1: curl http://127.0.0.1:5496/nix-cache-info answers" node1 \
     "curl -sS --fail-with-body --max-time 60 http://127.0.0.1:5496/nix-cache-info | tee /dev/stderr | grep -q '^StoreDir: /nix/store'"
   g "node1: proxy service active after the first connection (socket activation)" node1 \
@@ -298,25 +318,6 @@ full() {
     g "$n: its own proxy socket-activates on 127.0.0.1:5496 too" "$n" \
       "curl -sS --fail-with-body --max-time 60 http://127.0.0.1:5496/nix-cache-info | grep -q '^StoreDir: /nix/store' && systemctl is-active $SVC"
   done
-
-  say "== signer (D-Bus activation, LoadCredential)"
-  out=$(x node1 "busctl get-property $SIGNER PublicKey" 2>&1)
-  check "node1: busctl get-property Signer1 PublicKey starts the signer and returns the .pub key" \
-    bash -c 'test "$1" = "s \"$2\"" || { echo "got: $1"; echo "want: s \"$2\""; false; }' _ "$out" "$PUB"
-  g "node1: signer active (Type=dbus)" node1 \
-    "systemctl is-active $SIG && test \"\$(systemctl show -p Type --value $SIG)\" = dbus || { journalctl -u $SIG --no-pager | tail -20; false; }"
-  # systemd 252's `systemctl show -p LoadCredential` prints "[unprintable]": read the unit's D-Bus property.
-  g "node1: LoadCredential=signing-key:/etc/distributed-store/signing-key (systemd's parsed unit)" node1 \
-    "u=\$(busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager GetUnit s $SIG | cut -d'\"' -f2)
-     busctl get-property org.freedesktop.systemd1 \$u org.freedesktop.systemd1.Service LoadCredential | tee /dev/stderr |
-       grep -qx 'a(ss) 1 \"signing-key\" \"/etc/distributed-store/signing-key\"'"
-  g "node1: signer has \$CREDENTIALS_DIRECTORY/signing-key and runs as distributed-store-signer" node1 \
-    "pid=\$(systemctl show -p MainPID --value $SIG); d=\$(tr '\\0' '\\n' </proc/\$pid/environ | sed -n 's/^CREDENTIALS_DIRECTORY=//p')
-     echo \"CREDENTIALS_DIRECTORY=\$d\"; test -n \"\$d\" && test -s \"\$d/signing-key\" && test \"\$(stat -c %U /proc/\$pid)\" = distributed-store-signer"
-  g "node1: the signer's user cannot read /etc/distributed-store/signing-key directly" node1 \
-    '! runuser -u distributed-store-signer -- cat /etc/distributed-store/signing-key >/dev/null'
-  g "node1: the proxy's user cannot read it either" node1 \
-    '! runuser -u distributed-store -- cat /etc/distributed-store/signing-key >/dev/null'
 
   say "== D-Bus status and policy"
   g "node1: busctl introspect Proxy1 lists its properties" node1 \
