@@ -114,6 +114,11 @@ cleanup() {
     say "   DSVM_CACHE=$DSVM_CACHE DSVM_RUN=$DSVM_RUN $VM exec node1 'systemctl status distributed-store-proxy'"
     say "   stop: DSVM_CACHE=$DSVM_CACHE DSVM_RUN=$DSVM_RUN $VM stop-all && rm -rf $DSVM_RUN"
   else
+    if [ -n "${BOOTING:-}" ]; then
+      # Interrupted during boot: stop our own `vm.sh start` jobs (by PID), give a qemu
+      # that one of them was launching a moment to write its pid file, then stop them all.
+      kill $BOOTING 2>/dev/null; sleep 2
+    fi
     "$VM" stop-all >/dev/null 2>&1
     rm -rf "$DSVM_RUN"
   fi
@@ -157,8 +162,10 @@ say "== boot ${NODE_LIST[*]} (parallel)"
 t=$(now)
 pids=()
 for n in "${NODE_LIST[@]}"; do "$VM" start "$n" "${n#node}" >"$DSVM_RUN/boot-$n.log" 2>&1 & pids+=($!); done
+BOOTING="${pids[*]}"
 boot_failed=
 for i in "${!pids[@]}"; do wait "${pids[$i]}" || boot_failed="$boot_failed ${NODE_LIST[$i]}"; done
+BOOTING=
 T_BOOT=$(since "$t")
 for n in "${NODE_LIST[@]}"; do sed 's/^/  /' "$DSVM_RUN/boot-$n.log"; done
 if [ -n "$boot_failed" ]; then
