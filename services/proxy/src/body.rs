@@ -99,17 +99,20 @@ pub fn compress(inner: ByteStream, compression: NarCompression) -> ByteStream {
     use async_compression::tokio::bufread::{XzEncoder, ZstdEncoder};
     use async_compression::Level;
     use tokio_util::io::{ReaderStream, StreamReader};
-    let reader = StreamReader::new(inner);
     match compression {
-        NarCompression::None => Box::pin(ReaderStream::new(reader)),
+        // Pass the store's 64 KiB chunks straight through: a reader/stream
+        // round trip here would re-chunk them into 4 KiB pieces.
+        NarCompression::None => inner,
+        // Level 1: on the fly, speed matters more than the last few percent
+        // of size (zstd -1 is markedly faster than the default -3).
         NarCompression::Zstd => Box::pin(ReaderStream::with_capacity(
-            ZstdEncoder::with_quality(reader, Level::Default),
+            ZstdEncoder::with_quality(StreamReader::new(inner), Level::Precise(1)),
             CHUNK,
         )),
         // xz at its default preset runs at a few MB/s; preset 1 keeps
         // on-the-fly compression usable and still beats zstd on size.
         NarCompression::Xz => Box::pin(ReaderStream::with_capacity(
-            XzEncoder::with_quality(reader, Level::Precise(1)),
+            XzEncoder::with_quality(StreamReader::new(inner), Level::Precise(1)),
             CHUNK,
         )),
     }
