@@ -1,17 +1,10 @@
-//! NAR response bodies: the store's NAR stream, verified against the database's NarHash while streaming, optionally
-//! compressed, counted.
-//!
-//! Verification holds back the last chunk until the hash and size are
-//! checked: if the files on disk no longer match what the database says (a
-//! damaged or tampered store), the body ends with an error instead, so the
-//! client sees a failed transfer, never a complete bad NAR.
+//! NAR response bodies: the store's NAR stream (verified against the
+//! database's NarHash by `ds_store`, see `LocalStore::nar_stream_verified`),
+//! optionally compressed, sliced for Range, counted.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use ds_core::nar::NarHasher;
-use ds_core::Hash;
 use ds_runtime::config::NarCompression;
 use futures::{Stream, StreamExt, TryStreamExt};
 
@@ -20,79 +13,6 @@ const CHUNK: usize = 64 * 1024;
 
 /// A stream of body chunks.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
-
-/// Verifies a NAR stream against the expected hash and size.
-pub struct Verified {
-    inner: ByteStream,
-    hasher: Option<NarHasher>,
-    held: Option<Bytes>,
-    expected: Hash,
-    expected_size: u64,
-}
-
-impl Verified {
-    /// Wrap `inner`, which must produce the whole NAR.
-    pub fn new(inner: ByteStream, expected: Hash, expected_size: u64) -> Self {
-        Verified {
-            inner,
-            hasher: Some(NarHasher::new()),
-            held: None,
-            expected,
-            expected_size,
-        }
-    }
-}
-
-impl Stream for Verified {
-    type Item = std::io::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        loop {
-            let Some(hasher) = this.hasher.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match this.inner.poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => {
-                    this.hasher = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(Some(Ok(chunk))) => {
-                    hasher.update(&chunk);
-                    if hasher.len() > this.expected_size {
-                        this.hasher = None;
-                        return Poll::Ready(Some(Err(mismatch("NAR is longer than NarSize"))));
-                    }
-                    if let Some(prev) = this.held.replace(chunk) {
-                        return Poll::Ready(Some(Ok(prev)));
-                    }
-                }
-                Poll::Ready(None) => {
-                    let (hash, size) = this
-                        .hasher
-                        .take()
-                        .map(NarHasher::finish)
-                        .unwrap_or_else(|| unreachable!());
-                    if size != this.expected_size || hash != this.expected {
-                        tracing::error!(
-                            expected = %this.expected, got = %hash, size, expected_size = this.expected_size,
-                            "store files do not match the Nix database: aborting the transfer"
-                        );
-                        return Poll::Ready(Some(Err(mismatch(
-                            "NAR does not match NarHash/NarSize",
-                        ))));
-                    }
-                    return Poll::Ready(this.held.take().map(Ok));
-                }
-            }
-        }
-    }
-}
-
-fn mismatch(msg: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
-}
 
 /// Compress a stream with the given algorithm (`None` passes it through).
 pub fn compress(inner: ByteStream, compression: NarCompression) -> ByteStream {
@@ -179,33 +99,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[tokio::test]
-    async fn verified_passes_good_and_fails_bad() {
-        let good = Hash::sha256(b"hello world");
-        let s = Verified::new(chunks(&[b"hello", b" ", b"world"]), good.clone(), 11);
-        assert_eq!(collect(Box::pin(s)).await.unwrap(), b"hello world");
-
-        // Same length, different bytes: the last chunk is withheld, an error ends the body.
-        let s = Verified::new(chunks(&[b"hello", b" ", b"WORLD"]), good.clone(), 11);
-        let items: Vec<_> = Box::pin(s).collect().await;
-        assert_eq!(items.len(), 3);
-        assert_eq!(items[0].as_ref().unwrap().as_ref(), b"hello");
-        assert!(
-            items[2].is_err(),
-            "the final chunk must be replaced by an error"
-        );
-
-        // Longer than NarSize.
-        let s = Verified::new(chunks(&[b"hello", b" world!!"]), good.clone(), 11);
-        let items: Vec<_> = Box::pin(s).collect().await;
-        assert!(items.last().unwrap().is_err());
-
-        // Truncated.
-        let s = Verified::new(chunks(&[b"hello"]), good, 11);
-        let items: Vec<_> = Box::pin(s).collect().await;
-        assert!(items.last().unwrap().is_err());
     }
 
     #[tokio::test]

@@ -261,9 +261,12 @@ impl App {
                 body::slice(from, 0, end - start + 1)
             }
             None => {
-                let raw = Box::pin(self.store.clone().nar_stream(info.path.clone()));
-                let verified: body::ByteStream =
-                    Box::pin(body::Verified::new(raw, info.nar_hash.clone(), size));
+                // Hashed on the producing thread; a mismatch ends the body with an error.
+                let verified: body::ByteStream = Box::pin(self.store.clone().nar_stream_verified(
+                    info.path.clone(),
+                    info.nar_hash.clone(),
+                    size,
+                ));
                 if compression == NarCompression::None {
                     builder = builder
                         .status(StatusCode::OK)

@@ -227,7 +227,21 @@ impl LocalStore {
         self: Arc<Self>,
         path: StorePath,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        nar::stream(self, path, 0)
+        nar::stream(self, path, 0, None)
+    }
+
+    /// Like [`LocalStore::nar_stream`], checked against the database's
+    /// `nar_hash`/`nar_size` (from [`LocalStore::path_info`]) on the
+    /// producing thread: if the files no longer match (a damaged or tampered
+    /// store), the stream's last item is an error instead of the last chunk,
+    /// so a consumer never receives a complete bad NAR.
+    pub fn nar_stream_verified(
+        self: Arc<Self>,
+        path: StorePath,
+        nar_hash: Hash,
+        nar_size: u64,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        nar::stream(self, path, 0, Some((nar_hash, nar_size)))
     }
 
     /// Like [`LocalStore::nar_stream`], without the first `offset` bytes
@@ -237,7 +251,7 @@ impl LocalStore {
         path: StorePath,
         offset: u64,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        nar::stream(self, path, offset)
+        nar::stream(self, path, offset, None)
     }
 }
 

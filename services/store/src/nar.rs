@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use camino::{Utf8Path, Utf8PathBuf};
+use ds_core::nar::NarHasher;
+use ds_core::Hash;
 use futures::Stream;
 use nix_nar::{Encoder, FileSystem, FileSystemMetadata, NarError};
 use tokio::sync::mpsc;
@@ -226,37 +228,57 @@ pub(crate) fn stream(
     store: Arc<LocalStore>,
     path: StorePath,
     offset: u64,
+    expect: Option<(Hash, u64)>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     enum State {
-        NotStarted(Arc<LocalStore>, StorePath, u64),
+        NotStarted(Arc<LocalStore>, StorePath, u64, Option<(Hash, u64)>),
         Running(mpsc::Receiver<io::Result<Bytes>>),
     }
-    futures::stream::unfold(State::NotStarted(store, path, offset), |state| async move {
-        let mut rx = match state {
-            // Started on first poll, so an unpolled stream costs nothing.
-            State::NotStarted(store, path, offset) => {
-                let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-                tokio::task::spawn_blocking(move || produce(&store, &path, offset, &tx));
-                rx
-            }
-            State::Running(rx) => rx,
-        };
-        let item = rx.recv().await?;
-        Some((item, State::Running(rx)))
-    })
+    futures::stream::unfold(
+        State::NotStarted(store, path, offset, expect),
+        |state| async move {
+            let mut rx = match state {
+                // Started on first poll, so an unpolled stream costs nothing.
+                State::NotStarted(store, path, offset, expect) => {
+                    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+                    tokio::task::spawn_blocking(move || match expect {
+                        None => produce(&store, &path, offset, &mut |item| {
+                            // The end marker is not data.
+                            matches!(&item, Ok(b) if b.is_empty()) || tx.blocking_send(item).is_ok()
+                        }),
+                        Some((hash, size)) => {
+                            let mut verifier = Verifier::new(hash, size);
+                            produce(&store, &path, 0, &mut |item| {
+                                verifier
+                                    .push(item)
+                                    .into_iter()
+                                    .all(|out| tx.blocking_send(out).is_ok())
+                            });
+                        }
+                    });
+                    rx
+                }
+                State::Running(rx) => rx,
+            };
+            let item = rx.recv().await?;
+            Some((item, State::Running(rx)))
+        },
+    )
 }
 
-/// Runs on a blocking thread; stops as soon as the consumer goes away.
+/// Runs on a blocking thread and hands each item to `send`, then, after the
+/// last chunk, an empty chunk as the end marker (see [`Verifier`]); stops as
+/// soon as `send` says the consumer went away.
 fn produce(
     store: &LocalStore,
     path: &StorePath,
     offset: u64,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
+    send: &mut dyn FnMut(io::Result<Bytes>) -> bool,
 ) {
     let mut reader = match store.nar_reader_from(path, offset) {
         Ok(r) => r,
         Err(e) => {
-            let _ = tx.blocking_send(Err(e.into()));
+            send(Err(e.into()));
             return;
         }
     };
@@ -264,15 +286,83 @@ fn produce(
         let mut chunk = BytesMut::zeroed(NAR_CHUNK_SIZE);
         let (filled, error) = read_full(&mut reader, &mut chunk);
         chunk.truncate(filled);
-        if filled > 0 && tx.blocking_send(Ok(chunk.freeze())).is_err() {
+        if filled > 0 && !send(Ok(chunk.freeze())) {
             return;
         }
         if let Some(e) = error {
-            let _ = tx.blocking_send(Err(e));
+            send(Err(e));
             return;
         }
         if filled < NAR_CHUNK_SIZE {
+            send(Ok(Bytes::new()));
             return;
+        }
+    }
+}
+
+/// Checks a NAR stream against the database's NarHash and NarSize on the
+/// producing thread (so hashing runs in parallel with the socket writes).
+/// It holds back the last chunk until the hash is checked: on a mismatch
+/// the consumer gets an error instead of it, never a complete bad NAR.
+/// Empty chunks are not data: the producer sends one as its end marker.
+pub(crate) struct Verifier {
+    hasher: NarHasher,
+    held: Option<Bytes>,
+    expected: Hash,
+    expected_size: u64,
+    done: bool,
+}
+
+impl Verifier {
+    pub(crate) fn new(expected: Hash, expected_size: u64) -> Self {
+        Verifier {
+            hasher: NarHasher::new(),
+            held: None,
+            expected,
+            expected_size,
+            done: false,
+        }
+    }
+
+    /// Feed one producer item; returns what may go to the consumer now.
+    pub(crate) fn push(&mut self, item: io::Result<Bytes>) -> Vec<io::Result<Bytes>> {
+        if self.done {
+            return vec![];
+        }
+        match item {
+            Err(e) => {
+                self.done = true;
+                vec![Err(e)]
+            }
+            Ok(chunk) if chunk.is_empty() => {
+                self.done = true;
+                let (hash, size) = std::mem::take(&mut self.hasher).finish();
+                if size == self.expected_size && hash == self.expected {
+                    self.held.take().map(Ok).into_iter().collect()
+                } else {
+                    tracing::error!(
+                        expected = %self.expected, got = %hash, size, expected_size = self.expected_size,
+                        "store files do not match the Nix database: aborting the transfer"
+                    );
+                    vec![Err(invalid_data(
+                        "NAR does not match NarHash/NarSize in the Nix database".into(),
+                    ))]
+                }
+            }
+            Ok(chunk) => {
+                self.hasher.update(&chunk);
+                if self.hasher.len() > self.expected_size {
+                    self.done = true;
+                    tracing::error!(
+                        expected_size = self.expected_size,
+                        "store files do not match the Nix database: NAR longer than NarSize"
+                    );
+                    return vec![Err(invalid_data(
+                        "NAR is longer than NarSize in the Nix database".into(),
+                    ))];
+                }
+                self.held.replace(chunk).map(Ok).into_iter().collect()
+            }
         }
     }
 }
@@ -289,4 +379,59 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error
         }
     }
     (filled, None)
+}
+
+#[cfg(test)]
+mod verifier_tests {
+    use super::*;
+
+    fn run(chunks: &[&'static [u8]], expected: &[u8], size: u64) -> Vec<io::Result<Bytes>> {
+        let mut v = Verifier::new(Hash::sha256(expected), size);
+        let mut out = vec![];
+        for c in chunks {
+            out.extend(v.push(Ok(Bytes::from_static(c))));
+        }
+        out.extend(v.push(Ok(Bytes::new())));
+        out
+    }
+
+    fn data(items: &[io::Result<Bytes>]) -> Vec<u8> {
+        items
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .flat_map(|b| b.to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn good_stream_passes_whole() {
+        let out = run(&[b"hello", b" ", b"world"], b"hello world", 11);
+        assert!(out.iter().all(|i| i.is_ok()));
+        assert_eq!(data(&out), b"hello world");
+    }
+
+    #[test]
+    fn same_size_other_bytes_withholds_the_last_chunk() {
+        let out = run(&[b"hello", b" ", b"WORLD"], b"hello world", 11);
+        assert_eq!(data(&out), b"hello ");
+        assert!(out.last().unwrap().is_err());
+    }
+
+    #[test]
+    fn longer_and_shorter_fail() {
+        let out = run(&[b"hello", b" world!!"], b"hello world", 11);
+        assert!(out.last().unwrap().is_err());
+        assert!(data(&out).len() < 11);
+        let out = run(&[b"hello"], b"hello world", 11);
+        assert!(out.last().unwrap().is_err());
+        assert!(data(&out).is_empty());
+    }
+
+    #[test]
+    fn producer_error_passes_through() {
+        let mut v = Verifier::new(Hash::sha256(b"x"), 1);
+        let out = v.push(Err(io::Error::other("disk")));
+        assert!(out[0].is_err());
+        assert!(v.push(Ok(Bytes::from_static(b"x"))).is_empty());
+    }
 }
