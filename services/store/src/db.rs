@@ -26,8 +26,10 @@ use crate::{PathInfo, StoreError};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Idle connections kept for reuse; more are opened under load and closed
-/// when handed back to a full pool.
-const MAX_IDLE: usize = 4;
+/// when handed back to a full pool. 16 covers the concurrent lookups a
+/// narinfo burst makes (dev/bench at 16 connections: with 4, opening and
+/// closing connections was ~20% of the proxy's CPU).
+const MAX_IDLE: usize = 16;
 
 /// Path and pooled read-only connections to one Nix database.
 pub(crate) struct Db {
