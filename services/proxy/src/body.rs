@@ -1,6 +1,6 @@
 //! NAR response bodies: the store's NAR stream (verified against the
 //! database's NarHash by `ds_store`, see `LocalStore::nar_stream_verified`),
-//! optionally compressed, sliced for Range, counted.
+//! optionally compressed, cut to length for Range, counted.
 
 use std::pin::Pin;
 
@@ -38,29 +38,23 @@ pub fn compress(inner: ByteStream, compression: NarCompression) -> ByteStream {
     }
 }
 
-/// Serve only `len` bytes starting at `start` (HTTP Range on the NAR).
-/// Stops pulling from `inner` once the range is complete.
-pub fn slice(inner: ByteStream, start: u64, len: u64) -> ByteStream {
+/// Serve only the first `len` bytes of `inner` (HTTP Range: the store's
+/// `nar_stream_from` already skipped to the start). Stops pulling from
+/// `inner` once `len` bytes went out.
+pub fn limit(inner: ByteStream, len: u64) -> ByteStream {
     Box::pin(futures::stream::unfold(
-        (inner, start, len),
-        |(mut inner, mut skip, mut left)| async move {
-            while left > 0 {
-                match inner.next().await? {
-                    Err(e) => return Some((Err(e), (inner, 0, 0))),
-                    Ok(chunk) => {
-                        let n = chunk.len() as u64;
-                        if skip >= n {
-                            skip -= n;
-                            continue;
-                        }
-                        let from = skip as usize;
-                        let take = (n - skip).min(left) as usize;
-                        left -= take as u64;
-                        return Some((Ok(chunk.slice(from..from + take)), (inner, 0, left)));
-                    }
+        (inner, len),
+        |(mut inner, left)| async move {
+            if left == 0 {
+                return None;
+            }
+            match inner.next().await? {
+                Err(e) => Some((Err(e), (inner, 0))),
+                Ok(chunk) => {
+                    let take = (chunk.len() as u64).min(left) as usize;
+                    Some((Ok(chunk.slice(..take)), (inner, left - take as u64)))
                 }
             }
-            None
         },
     ))
 }
@@ -86,18 +80,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn slice_ranges() {
+    async fn limit_lengths() {
         let data = b"0123456789abcdef";
-        for start in 0..16u64 {
-            for len in 1..=(16 - start) {
-                let s = slice(chunks(&[b"0123", b"45", b"6789abc", b"def"]), start, len);
-                let got = collect(s).await.unwrap();
-                assert_eq!(
-                    got,
-                    &data[start as usize..(start + len) as usize],
-                    "start {start} len {len}"
-                );
-            }
+        for len in 0..=16u64 {
+            let s = limit(chunks(&[b"0123", b"45", b"6789abc", b"def"]), len);
+            let got = collect(s).await.unwrap();
+            assert_eq!(got, &data[..len as usize], "len {len}");
         }
     }
 

@@ -258,7 +258,7 @@ impl App {
                     .header(header::CONTENT_LENGTH, end - start + 1);
                 // The store skips file contents before `start` without reading them.
                 let from = Box::pin(self.store.clone().nar_stream_from(info.path.clone(), start));
-                body::slice(from, 0, end - start + 1)
+                body::limit(from, end - start + 1)
             }
             None => {
                 // Hashed on the producing thread; a mismatch ends the body with an error.
