@@ -9,6 +9,7 @@
 //! - [`NarInfo`], [`fingerprint`], [`Compression`]: narinfo parse/render/sign.
 //! - [`SecretKey`], [`PublicKey`], [`Signature`]: Nix's `name:base64` keys.
 //! - [`nar`]: streaming NAR hash ([`NarHasher`]) and validating reader.
+//! - [`Locator`]: where a NAR can be fetched; [`rendezvous_order`].
 //! - [`CacheInfo`]: renders `/nix-cache-info`.
 //!
 //! Fuzzed by the targets in the repository's `fuzz/` (run `dev/fuzz`).
@@ -17,6 +18,7 @@
 pub mod base32;
 pub mod cache_info;
 pub mod hash;
+pub mod locator;
 pub mod nar;
 pub mod narinfo;
 pub mod signing;
@@ -24,6 +26,7 @@ pub mod store_path;
 
 pub use cache_info::CacheInfo;
 pub use hash::{Hash, HashAlgo};
+pub use locator::{rendezvous_order, FileLocator, Locator, LocatorError};
 pub use nar::{NarError, NarHasher, NarReader, NarStats};
 pub use narinfo::{fingerprint, Compression, NarInfo};
 pub use signing::{PublicKey, SecretKey, Signature};

@@ -266,6 +266,25 @@ impl NarInfo {
         let fp = self.fingerprint();
         self.sigs.iter().any(|sig| key.verify(fp.as_bytes(), sig))
     }
+    /// Whether a client trusting `keys` would accept this narinfo: some
+    /// `Sig:` verifies with one of them, or the path is content-addressed
+    /// (`CA:`; Nix then checks the content against the name itself).
+    pub fn is_trusted(&self, keys: &[PublicKey]) -> bool {
+        if self.ca.is_some() {
+            return true;
+        }
+        let fp = self.fingerprint();
+        self.sigs
+            .iter()
+            .any(|sig| keys.iter().any(|k| k.verify(fp.as_bytes(), sig)))
+    }
+    /// Keep only the signatures that verify with one of `keys` (a relayed
+    /// narinfo carries no signature a client could not check).
+    pub fn retain_trusted_sigs(&mut self, keys: &[PublicKey]) {
+        let fp = self.fingerprint();
+        self.sigs
+            .retain(|sig| keys.iter().any(|k| k.verify(fp.as_bytes(), sig)));
+    }
     /// Sign with `key`, replacing an earlier signature by a key of the same name.
     pub fn sign(&mut self, key: &SecretKey) {
         let sig = key.sign(self.fingerprint().as_bytes());

@@ -99,3 +99,157 @@ pub trait Proxy1 {
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
 }
+
+/// Mapper: bus name, also the interface name.
+pub const MAPPER_NAME: &str = "org.distributedstore.Mapper1";
+/// Mapper object path.
+pub const MAPPER_PATH: &str = "/org/distributedstore/Mapper1";
+/// Fetcher: bus name, also the interface name.
+pub const FETCHER_NAME: &str = "org.distributedstore.Fetcher1";
+/// Fetcher object path.
+pub const FETCHER_PATH: &str = "/org/distributedstore/Fetcher1";
+
+/// Typed errors of `org.distributedstore.Mapper1`
+/// (`org.distributedstore.Mapper1.Error.<Variant>` on the wire).
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.distributedstore.Mapper1.Error")]
+pub enum MapperError {
+    /// Transport-level error (not sent by the service itself).
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// No source this node trusts has the path (within the deadline).
+    NotFound(String),
+    /// An argument is malformed (not a store path hash part, bad peer URL, …).
+    InvalidArgs(String),
+}
+
+/// One peer as the mapper sees it: `(url, state, source, seconds since the
+/// last successful contact or -1 when never, paths it announced)`.
+/// `state` is `up`, `down` (unreachable; probed in the background) or
+/// `quarantined` (served bad data); `source` is `config` or `mdns`.
+pub type PeerStatus = (String, String, String, i64, u64);
+
+/// An announcement: what a node holds, as a change since a version.
+/// `(epoch, version, full, added, removed, inflight)`: when `full`, `added`
+/// is everything held and the receiver replaces what it knew; `inflight`
+/// (always complete) are NARs being fetched right now. Items are store path
+/// hash parts.
+pub type Announcement = (String, u64, bool, Vec<String>, Vec<String>, Vec<String>);
+
+/// Client side of `org.distributedstore.Mapper1`: the index of where NARs
+/// can be had (local store, peers, upstreams).
+#[proxy(
+    interface = "org.distributedstore.Mapper1",
+    default_service = "org.distributedstore.Mapper1",
+    default_path = "/org/distributedstore/Mapper1"
+)]
+pub trait Mapper1 {
+    /// Resolve a store path hash part (32 nix-base32 characters) that is
+    /// not in the local store: a narinfo carrying a signature this node
+    /// trusts (or a CA path), and the locators of its NAR in preference
+    /// order (see `ds_core::Locator`). With `upstream_only`, only the
+    /// upstream caches are asked and only their files are returned (what a
+    /// node chosen to fetch for the fleet uses). Bounded by the configured
+    /// deadlines; `NotFound` when no trusted source answers in time.
+    fn lookup(&self, hash: &str, upstream_only: bool)
+        -> Result<(String, Vec<String>), MapperError>;
+
+    /// This node's announcement since `(epoch, since)` (what `GET
+    /// /_ds/v1/announce` serves to peers). A different epoch, or a version
+    /// too old for the kept change log, gives a full list.
+    fn announce(&self, epoch: &str, since: u64) -> Result<Announcement, MapperError>;
+
+    /// The fetcher reports a peer that served bad data (wrong hash, wrong
+    /// size, truncated, not a NAR): quarantined for a while.
+    fn report_bad(&self, peer: &str, reason: &str) -> Result<(), MapperError>;
+
+    /// The fetcher reports that it started (`true`) or ended (`false`)
+    /// fetching the NAR of a store path (hash part): announced to peers.
+    fn set_fetching(&self, hash: &str, fetching: bool) -> Result<(), MapperError>;
+
+    /// Paths of the local store in the index.
+    #[zbus(property)]
+    fn indexed_paths(&self) -> zbus::Result<u64>;
+    /// Distinct paths peers announced.
+    #[zbus(property)]
+    fn peer_paths(&self) -> zbus::Result<u64>;
+    /// Peers with their state (see [`PeerStatus`]).
+    #[zbus(property)]
+    fn peers(&self) -> zbus::Result<Vec<PeerStatus>>;
+    /// Unix time of the last successful announcement exchange with any peer (0: never).
+    #[zbus(property)]
+    fn last_sync(&self) -> zbus::Result<u64>;
+    /// Size of the on-disk index in bytes.
+    #[zbus(property)]
+    fn index_bytes(&self) -> zbus::Result<u64>;
+    /// Lookups answered / not found since start.
+    #[zbus(property)]
+    fn lookups(&self) -> zbus::Result<(u64, u64)>;
+}
+
+/// Typed errors of `org.distributedstore.Fetcher1`.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.distributedstore.Fetcher1.Error")]
+pub enum FetcherError {
+    /// Transport-level error (not sent by the service itself).
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// Not cached, not being fetched, and no locator to fetch it from.
+    NotFound(String),
+    /// Every source failed; the message says which and why.
+    Failed(String),
+    /// An argument is malformed (narinfo, locator, offset past the end).
+    InvalidArgs(String),
+}
+
+/// Client side of `org.distributedstore.Fetcher1`: gets NARs through the
+/// backends, verifies them while they stream, keeps a bounded cache.
+#[proxy(
+    interface = "org.distributedstore.Fetcher1",
+    default_service = "org.distributedstore.Fetcher1",
+    default_path = "/org/distributedstore/Fetcher1"
+)]
+pub trait Fetcher1 {
+    /// Start (or join) fetching the NAR of `narinfo` (text, as the mapper
+    /// returned it) from `locators` (strings, preference order), and return
+    /// the read end of a pipe that carries the uncompressed NAR from byte
+    /// `offset` on. The bytes pass through while they download (a joiner
+    /// gets the prefix fetched so far first); the writer closes the pipe
+    /// early if the NAR fails verification or every source fails, so a
+    /// reader that does not get NarSize − offset bytes must treat the NAR as
+    /// failed. With no locators, only a cached or in-flight NAR is served
+    /// (`NotFound` otherwise): what peers get.
+    fn fetch(
+        &self,
+        narinfo: &str,
+        locators: Vec<String>,
+        offset: u64,
+    ) -> Result<zbus::zvariant::OwnedFd, FetcherError>;
+
+    /// The narinfo of a NAR this fetcher holds in its cache or is fetching
+    /// now, for a store path hash part; `NotFound` otherwise.
+    fn held(&self, hash: &str) -> Result<String, FetcherError>;
+
+    /// Bytes in the cache.
+    #[zbus(property)]
+    fn cache_bytes(&self) -> zbus::Result<u64>;
+    /// Cache size limit in bytes.
+    #[zbus(property)]
+    fn cache_max_bytes(&self) -> zbus::Result<u64>;
+    /// NARs in the cache.
+    #[zbus(property)]
+    fn cache_entries(&self) -> zbus::Result<u64>;
+    /// NARs being fetched now.
+    #[zbus(property)]
+    fn in_flight(&self) -> zbus::Result<u32>;
+    /// Bytes received from sources since start, by locator scheme
+    /// (`peer`, `lead`, `file`, …).
+    #[zbus(property)]
+    fn bytes_fetched(&self) -> zbus::Result<std::collections::HashMap<String, u64>>;
+    /// Fetches that failed on every source since start.
+    #[zbus(property)]
+    fn fetches_failed(&self) -> zbus::Result<u64>;
+    /// Sources that served bytes failing verification since start.
+    #[zbus(property)]
+    fn verification_failures(&self) -> zbus::Result<u64>;
+}

@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::net::TcpListener as StdListener;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +61,7 @@ pub async fn run(
     config: ds_runtime::Config,
     std_listeners: Vec<StdListener>,
 ) -> anyhow::Result<()> {
+    let mut signals = ds_runtime::service::Signals::install()?;
     let activated = !std_listeners.is_empty();
     let std_listeners = if activated {
         std_listeners
@@ -102,9 +102,7 @@ pub async fn run(
 
     let app = Arc::new(App::new(config, store, signer, stats));
     let limit = Arc::new(Semaphore::new(app.config.max_connections));
-    let active = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let last_activity_ms = Arc::new(AtomicU64::new(0));
+    let activity = ds_runtime::service::Activity::new();
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
@@ -113,8 +111,7 @@ pub async fn run(
         let listener = TcpListener::from_std(l)?;
         let app = app.clone();
         let limit = limit.clone();
-        let active = active.clone();
-        let last = last_activity_ms.clone();
+        let activity = activity.clone();
         let graceful = graceful.clone();
         let mut stop = stop_rx.clone();
         accept_tasks.push(tokio::spawn(async move {
@@ -139,12 +136,11 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
-                let active = active.clone();
-                let last = last.clone();
-                active.fetch_add(1, Ordering::Relaxed);
+                let busy = activity.busy();
+                let touch = activity.clone();
                 let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                     let app = app.clone();
-                    last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    touch.touch();
                     async move { Ok::<_, Infallible>(app.handle(req.map(Body::new)).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
@@ -158,15 +154,14 @@ pub async fn run(
                     if let Err(e) = fut.await {
                         tracing::debug!("connection ended: {e}");
                     }
-                    active.fetch_sub(1, Ordering::Relaxed);
+                    drop(busy);
                     drop(permit);
                 });
             }
         }));
     }
 
-    ds_runtime::systemd::notify_ready(&format!("serving {} on {}", store_name, addrs.join(", ")));
-    ds_runtime::systemd::spawn_watchdog();
+    ds_runtime::service::ready(&format!("serving {} on {}", store_name, addrs.join(", ")));
     tracing::info!(
         listen = %addrs.join(","),
         socket_activated = activated,
@@ -175,29 +170,10 @@ pub async fn run(
         "distributed-store proxy ready"
     );
 
-    let idle = app.config.idle_exit_sec;
-    let idle_exit = async {
-        if idle == 0 {
-            std::future::pending::<()>().await;
-        }
-        let limit = Duration::from_secs(idle);
-        loop {
-            tokio::time::sleep(Duration::from_secs(1).min(limit)).await;
-            let last = Duration::from_millis(last_activity_ms.load(Ordering::Relaxed));
-            if active.load(Ordering::Relaxed) == 0
-                && started.elapsed().saturating_sub(last) >= limit
-            {
-                return;
-            }
-        }
-    };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
-        _ = idle_exit => tracing::info!("idle for {idle}s: exiting (socket activation restarts the proxy)"),
-    }
-    ds_runtime::systemd::notify_stopping();
+    let idle = Duration::from_secs(app.config.idle_exit_sec);
+    // The proxy outlives its bus (it serves HTTP without D-Bus), so the bus
+    // closing is not a reason to stop.
+    ds_runtime::service::wait_for_stop(&mut signals, &activity, idle, None).await;
     let _ = stop_tx.send(true);
     for t in accept_tasks {
         let _ = t.await;

@@ -104,6 +104,40 @@ struct RawConfig {
     compression: Option<NarCompression>,
     idle_exit_sec: Option<u64>,
     max_connections: Option<usize>,
+    state_directory: Option<PathBuf>,
+    cache_directory: Option<PathBuf>,
+    cache_size: Option<ByteSize>,
+    peer_timeout_ms: Option<u64>,
+    upstream_timeout_ms: Option<u64>,
+}
+
+/// A size in bytes, written as a number or a string with a K/M/G/T suffix
+/// (powers of 1024): `cacheSize = "10G"` or `cacheSize = 10737418240`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+enum ByteSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Parse `"10G"`, `"512M"`, `"1048576"`, `"1.5G"` into bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return None,
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0).then(|| (v * mult as f64) as u64)
 }
 
 /// An upstream cache, validated.
@@ -142,6 +176,44 @@ pub struct Config {
     pub idle_exit_sec: u64,
     /// `maxConnections`: concurrent connections served; more wait in the backlog.
     pub max_connections: usize,
+    /// `stateDirectory`: where the mapper keeps its index.
+    pub state_directory: PathBuf,
+    /// `cacheDirectory`: where the fetcher keeps NARs.
+    pub cache_directory: PathBuf,
+    /// `cacheSize`: bound on the fetcher's cache, in bytes.
+    pub cache_size: u64,
+    /// `peerTimeoutMs`: deadline for a peer to connect and answer (narinfo,
+    /// announcement, first NAR bytes, and each stall while a NAR streams).
+    pub peer_timeout: std::time::Duration,
+    /// `upstreamTimeoutMs`: the same for upstream caches.
+    pub upstream_timeout: std::time::Duration,
+}
+
+/// Default `stateDirectory` (systemd `StateDirectory=distributed-store`).
+pub const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/distributed-store";
+/// Default `cacheDirectory` (systemd `CacheDirectory=distributed-store`).
+pub const DEFAULT_CACHE_DIRECTORY: &str = "/var/cache/distributed-store";
+/// Default `cacheSize`: 10 GiB.
+pub const DEFAULT_CACHE_SIZE: u64 = 10 << 30;
+/// Default `peerTimeoutMs`: a LAN peer answers in well under this.
+pub const DEFAULT_PEER_TIMEOUT_MS: u64 = 300;
+/// Default `upstreamTimeoutMs`: a WAN cache with a pooled connection.
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 800;
+
+impl Config {
+    /// Every key a narinfo may be signed with for this node to offer it:
+    /// `trustedPublicKeys` plus each upstream's `publicKeys`.
+    pub fn trusted_keys(&self) -> Vec<PublicKey> {
+        let mut keys = self.trusted_public_keys.clone();
+        for u in &self.upstreams {
+            for k in &u.public_keys {
+                if !keys.contains(k) {
+                    keys.push(k.clone());
+                }
+            }
+        }
+        keys
+    }
 }
 
 impl Default for Config {
@@ -259,7 +331,61 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        let absolute = |key: &str, p: Option<PathBuf>, default: &str| match p {
+            None => Ok(PathBuf::from(default)),
+            Some(p) if p.is_absolute() => Ok(p),
+            Some(p) => Err(invalid(
+                &path,
+                key,
+                format!("{} must be an absolute path", p.display()),
+            )),
+        };
+        let state_directory = absolute(
+            "stateDirectory",
+            raw.state_directory,
+            DEFAULT_STATE_DIRECTORY,
+        )?;
+        let cache_directory = absolute(
+            "cacheDirectory",
+            raw.cache_directory,
+            DEFAULT_CACHE_DIRECTORY,
+        )?;
+        let cache_size = match raw.cache_size {
+            None => DEFAULT_CACHE_SIZE,
+            Some(ByteSize::Bytes(n)) => n,
+            Some(ByteSize::Text(t)) => parse_size(&t).ok_or_else(|| {
+                invalid(
+                    &path,
+                    "cacheSize",
+                    format!("{t:?} is not a size such as \"10G\", \"512M\" or a number of bytes"),
+                )
+            })?,
+        };
+        let ms = |key: &str, v: Option<u64>, default: u64| match v.unwrap_or(default) {
+            0 => Err(invalid(&path, key, "must be at least 1".into())),
+            n if n > 600_000 => Err(invalid(
+                &path,
+                key,
+                "must be at most 600000 (10 minutes)".into(),
+            )),
+            n => Ok(std::time::Duration::from_millis(n)),
+        };
+        let peer_timeout = ms(
+            "peerTimeoutMs",
+            raw.peer_timeout_ms,
+            DEFAULT_PEER_TIMEOUT_MS,
+        )?;
+        let upstream_timeout = ms(
+            "upstreamTimeoutMs",
+            raw.upstream_timeout_ms,
+            DEFAULT_UPSTREAM_TIMEOUT_MS,
+        )?;
         Ok(Config {
+            state_directory,
+            cache_directory,
+            cache_size,
+            peer_timeout,
+            upstream_timeout,
             path,
             listen,
             store,
@@ -280,6 +406,17 @@ impl Config {
 mod tests {
     use super::*;
 
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10G"), Some(10 << 30));
+        assert_eq!(parse_size("512m"), Some(512 << 20));
+        assert_eq!(parse_size("1.5K"), Some(1536));
+        assert_eq!(parse_size("42"), Some(42));
+        for bad in ["", "G", "-1G", "1X", "ten"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
     const KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 
     fn err(text: &str) -> String {
@@ -299,6 +436,9 @@ mod tests {
             (30, true, 0)
         );
         assert!(c.private_key_file.is_none() && c.peers.is_empty() && c.upstreams.is_empty());
+        assert_eq!(c.cache_size, DEFAULT_CACHE_SIZE);
+        assert_eq!(c.state_directory, PathBuf::from(DEFAULT_STATE_DIRECTORY));
+        assert_eq!(c.peer_timeout.as_millis(), 300);
     }
 
     #[test]
@@ -317,6 +457,11 @@ wantMassQuery = false
 compression = "xz"
 idleExitSec = 60
 maxConnections = 10
+stateDirectory = "/srv/ds/state"
+cacheDirectory = "/srv/ds/cache"
+cacheSize = "2G"
+peerTimeoutMs = 100
+upstreamTimeoutMs = 5000
 "#
             ),
             None,
@@ -338,6 +483,12 @@ maxConnections = 10
             ),
             (10, false, 60, 10)
         );
+        assert_eq!(c.state_directory, PathBuf::from("/srv/ds/state"));
+        assert_eq!(c.cache_directory, PathBuf::from("/srv/ds/cache"));
+        assert_eq!(c.cache_size, 2 << 30);
+        assert_eq!(c.peer_timeout.as_millis(), 100);
+        assert_eq!(c.upstream_timeout.as_millis(), 5000);
+        assert_eq!(c.trusted_keys().len(), 1, "the same key twice counts once");
     }
 
     #[test]
@@ -360,6 +511,12 @@ maxConnections = 10
             ("compression = \"bzip2\"", "compression"),
             ("maxConnections = 0", "maxConnections"),
             ("priority = -1", "priority"),
+            ("stateDirectory = \"state\"", "stateDirectory"),
+            ("cacheDirectory = \"cache\"", "cacheDirectory"),
+            ("cacheSize = \"10X\"", "cacheSize"),
+            ("cacheSize = \"lots\"", "cacheSize"),
+            ("peerTimeoutMs = 0", "peerTimeoutMs"),
+            ("upstreamTimeoutMs = 9999999", "upstreamTimeoutMs"),
         ];
         for (text, key) in cases {
             let e = err(text);

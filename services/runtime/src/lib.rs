@@ -1,10 +1,12 @@
 //! Plumbing shared by every distributed-store service: the one TOML config
 //! file, logging (journald under systemd, stderr otherwise), systemd
-//! readiness/watchdog notification and socket activation.
+//! readiness/watchdog notification, socket activation, and the life of a
+//! service (D-Bus name, ready, stop on signal / idle / bus gone).
 
 pub mod args;
 pub mod config;
 pub mod logging;
+pub mod service;
 pub mod systemd;
 
 pub use config::{Config, ConfigError};

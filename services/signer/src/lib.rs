@@ -14,7 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+
+use ds_runtime::service::Activity;
 
 use ds_core::{SecretKey, StorePath};
 use ds_dbus::SignerError;
@@ -71,13 +72,18 @@ pub struct Signer {
     store_name: String,
     issued: AtomicU64,
     refused: AtomicU64,
-    started: Instant,
-    last_used_ms: Arc<AtomicU64>,
+    activity: Activity,
 }
 
 impl Signer {
     /// A signer over `store`; without a key every `Sign` fails with `NoKey`.
-    pub fn new(key: Option<SecretKey>, store: Arc<LocalStore>, store_name: String) -> Self {
+    /// `activity` is touched on every call (for idle exit).
+    pub fn new(
+        key: Option<SecretKey>,
+        store: Arc<LocalStore>,
+        store_name: String,
+        activity: Activity,
+    ) -> Self {
         let public_key = key
             .as_ref()
             .map(|k| k.public().to_string())
@@ -89,34 +95,14 @@ impl Signer {
             store_name,
             issued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            started: Instant::now(),
-            last_used_ms: Arc::new(AtomicU64::new(0)),
+            activity,
         }
-    }
-
-    /// Milliseconds after start of the last `Sign` call (for idle exit).
-    pub fn last_used(&self) -> Arc<AtomicU64> {
-        self.last_used_ms.clone()
-    }
-
-    /// How long the signer has been idle.
-    pub fn idle_for(started: Instant, last_used_ms: &AtomicU64) -> std::time::Duration {
-        let now = started.elapsed();
-        now.saturating_sub(std::time::Duration::from_millis(
-            last_used_ms.load(Ordering::Relaxed),
-        ))
-    }
-
-    /// When the signer started.
-    pub fn started(&self) -> Instant {
-        self.started
     }
 
     /// Sign `store_path` if it is valid in the local store: returns the
     /// narinfo `Sig:` value.
     pub async fn sign_path(&self, store_path: &str) -> Result<String, SignerError> {
-        self.last_used_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let _busy = self.activity.busy();
         let result = self.sign_inner(store_path).await;
         match &result {
             Ok(_) => self.issued.fetch_add(1, Ordering::Relaxed),

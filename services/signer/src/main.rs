@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use ds_runtime::systemd;
+use ds_runtime::service;
 use ds_signer::{key_source, load_key, Signer};
 
 /// Holds the binary-cache signing key and signs paths valid in the local
@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
     if args.service.prepare_store {
         return ds_runtime::prepare_store(&config);
     }
+    let mut signals = service::Signals::install()?;
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     let key = match key_source(creds.as_deref(), config.private_key_file.as_deref()) {
         Some(p) => {
@@ -42,54 +43,12 @@ async fn main() -> anyhow::Result<()> {
     let store =
         Arc::new(ds_store::LocalStore::open(&config.store).context("opening the local Nix store")?);
     let store_name = ds_runtime::config::store_display(&config.store);
-    let signer = Signer::new(key, store, store_name);
-    let (started, last_used) = (signer.started(), signer.last_used());
-    let conn = zbus::connection::Builder::system()
-        .context("system bus")?
-        .serve_at(ds_dbus::SIGNER_PATH, signer)?
-        .name(ds_dbus::SIGNER_NAME)?
-        .build()
-        .await
-        .context("connecting to the system bus and owning org.distributedstore.Signer1")?;
-    systemd::notify_ready("signing");
-    systemd::spawn_watchdog();
+    let activity = service::Activity::new();
+    let signer = Signer::new(key, store, store_name, activity.clone());
+    let conn = service::own_name(ds_dbus::SIGNER_NAME, ds_dbus::SIGNER_PATH, signer).await?;
+    service::ready("signing");
     tracing::info!("serving {} on the system bus", ds_dbus::SIGNER_NAME);
-
-    let idle = config.idle_exit_sec;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let closed = async {
-        // The bus going away (e.g. `distributed-store up` stopping its private
-        // bus) ends the service too.
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
-        let mut owner_changes = dbus.receive_name_owner_changed().await?;
-        use futures::StreamExt;
-        while owner_changes.next().await.is_some() {}
-        anyhow::Ok(())
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
-        _ = closed => tracing::info!("bus connection closed: stopping"),
-        _ = idle_timer(idle, started, last_used) => tracing::info!("idle for {idle}s: exiting (D-Bus activation restarts it)"),
-    }
-    systemd::notify_stopping();
+    let idle = Duration::from_secs(config.idle_exit_sec);
+    service::wait_for_stop(&mut signals, &activity, idle, Some(&conn)).await;
     Ok(())
-}
-
-async fn idle_timer(
-    secs: u64,
-    started: std::time::Instant,
-    last_used: Arc<std::sync::atomic::AtomicU64>,
-) {
-    if secs == 0 {
-        std::future::pending::<()>().await;
-    }
-    let limit = Duration::from_secs(secs);
-    loop {
-        let idle = Signer::idle_for(started, &last_used);
-        if idle >= limit {
-            return;
-        }
-        tokio::time::sleep(limit - idle + Duration::from_millis(50)).await;
-    }
 }
