@@ -144,7 +144,7 @@ start_node() {
     echo "upstreams = [{ url = \"$(upstream_url)\", publicKeys = [\"$UPSTREAM_PUB\"] }]"
     # shellcheck disable=SC2086
     echo "peers = $(toml_list $peers)"
-    echo "discovery = false"
+    [ "${FLEET_NO_DISCOVERY_KEY:-0}" = 1 ] || echo "discovery = false"   # FLEET_NO_DISCOVERY_KEY=1: for builds without it
     echo "stateDirectory = \"$d/state\""
     echo "cacheDirectory = \"$d/cache\""
     echo "cacheSize = \"1G\""
