@@ -42,7 +42,7 @@
           # .ci/run and in the VM tests (checks.<system>.vm-*).
           doCheck = false;
 
-          # dist/ holds the units, socket, D-Bus policy and activation file and
+          # dist/ holds the units, socket, D-Bus policy and activation files and
           # the sysusers entry, with @bindir@ where the binaries' directory goes.
           # Same layout as dev/install-files.
           postInstall = ''
@@ -61,7 +61,8 @@
               echo "error: @bindir@ left unsubstituted in the files above" >&2
               exit 1
             fi
-            for b in distributed-store distributed-store-proxy distributed-store-signer; do
+            for b in distributed-store distributed-store-proxy distributed-store-signer \
+                     distributed-store-mapper distributed-store-fetcher; do
               test -x "$out/bin/$b" || { echo "error: $out/bin/$b was not built" >&2; exit 1; }
             done
           '';

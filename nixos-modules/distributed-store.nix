@@ -1,12 +1,14 @@
 # NixOS module for distributed-store, a peer-to-peer Nix binary cache.
 #
-# The units, the socket, the D-Bus policy and the D-Bus activation file come
-# from the package (dist/ in the repository, installed by the flake's
+# The units, the socket, the D-Bus policy and the D-Bus activation files
+# come from the package (dist/ in the repository, installed by the flake's
 # package): `systemd.packages` and `services.dbus.packages` pick them up, so
 # NixOS runs the same files as every other distribution. This module only
 # writes /etc/distributed-store/config.toml, declares the two system users and
-# adds drop-ins: the socket's address, the signing key's credential, restart
-# triggers and hardening that repeats (never loosens) what the units say.
+# adds drop-ins: the socket's address, the signing key's credential, the
+# mapper's start at boot, write access to non-default state/cache
+# directories, restart triggers and hardening that repeats (never loosens)
+# what the units say.
 {
   config,
   lib,
@@ -41,6 +43,32 @@ let
   keyInStore =
     keyFile != null
     && (lib.hasPrefix "${builtins.storeDir}/" keyFile || lib.hasPrefix "/nix/store/" keyFile);
+
+  # The units' StateDirectory=/CacheDirectory= create and open only the
+  # defaults; elsewhere (under ProtectSystem=strict) the module must.
+  defaultStateDirectory = "/var/lib/distributed-store";
+  defaultCacheDirectory = "/var/cache/distributed-store";
+  stateDir = cfg.settings.stateDirectory;
+  cacheDir = cfg.settings.cacheDirectory;
+  customDirs = lib.filter (d: d.dir != d.default) [
+    {
+      dir = stateDir;
+      default = defaultStateDirectory;
+    }
+    {
+      dir = cacheDir;
+      default = defaultCacheDirectory;
+    }
+  ];
+
+  # `10G`, `512M`, `1.5T`, `1048576`: what the services' size parser takes
+  # (suffixes are powers of 1024).
+  sizeType = types.either types.ints.unsigned (
+    types.strMatching "[[:space:]]*[0-9]+(\\.[0-9]+)?[[:space:]]*[KMGTkmgt]?[[:space:]]*"
+  );
+  # The services refuse 0 and more than 10 minutes.
+  timeoutType = types.ints.between 1 600000;
+  absolutePath = types.strMatching "/.*";
 
   upstreamKeys = lib.concatMap (u: if builtins.isAttrs u then u.publicKeys else [ ]) cfg.settings.upstreams;
   nixKeys = lib.unique (cfg.settings.trustedPublicKeys ++ upstreamKeys);
@@ -124,6 +152,26 @@ let
     CacheDirectory = "distributed-store";
   };
 
+  # The mapper and the fetcher run as the proxy's user and, like the proxy,
+  # talk HTTP to peers and upstreams; each owns one of its directories.
+  mapperHardening = commonHardening // {
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+    ];
+    StateDirectory = "distributed-store";
+  };
+
+  fetcherHardening = commonHardening // {
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+    ];
+    CacheDirectory = "distributed-store";
+  };
+
   signerHardening = commonHardening // {
     # The signer talks D-Bus only; it never needs a network.
     PrivateNetwork = true;
@@ -135,7 +183,9 @@ in
     enable = lib.mkEnableOption ''
       distributed-store, a peer-to-peer Nix binary cache: a socket-activated
       proxy that serves this machine's store to its peers and to the local Nix,
-      and a D-Bus-activated signer that holds the signing key'';
+      a mapper (started at boot) that indexes the store and what the peers
+      hold, a D-Bus-activated fetcher that downloads and verifies NARs, and a
+      D-Bus-activated signer that holds the signing key'';
 
     package = mkOption {
       type = types.package;
@@ -147,7 +197,7 @@ in
       defaultText = lib.literalExpression "pkgs.distributed-store";
       description = ''
         The distributed-store package. It must ship the unit files, the
-        D-Bus policy and the D-Bus activation file (the flake's package does).
+        D-Bus policy and the D-Bus activation files (the flake's package does).
       '';
     };
 
@@ -168,8 +218,11 @@ in
       type = types.bool;
       default = false;
       description = ''
-        Open the proxy's TCP port in the firewall, so that peers can fetch
-        from this machine.
+        Open the proxy's TCP port (from {option}`settings.listen`) in the
+        firewall, so that peers can fetch from this machine. Peers reach
+        everything through that one port: narinfos, NARs and the
+        announcements their mappers poll (`/_ds/v1/announce`). The mapper
+        and the fetcher only make outgoing connections.
       '';
     };
 
@@ -203,7 +256,12 @@ in
             example = [ "http://build1:${toString defaultPort}" ];
             description = ''
               Base URLs of other machines' proxies to ask for paths this
-              machine lacks. A peer answers from its own local store only.
+              machine lacks. The mapper polls what each peer holds, the
+              fetcher downloads from them, and a peer answers from what it
+              holds (its store and its fetcher's cache) or is fetching, never
+              by asking its own peers. The peers need
+              {option}`services.distributed-store.openFirewall` (or the port
+              open otherwise).
             '';
           };
 
@@ -273,6 +331,60 @@ in
               Compression of the NARs the proxy serves. `zstd` is fast to
               produce and decode, `xz` small and slow, `none` allows resumed
               (ranged) downloads.
+            '';
+          };
+
+          stateDirectory = mkOption {
+            type = absolutePath;
+            default = defaultStateDirectory;
+            description = ''
+              Where the mapper keeps its index (an absolute path). The
+              default is the units' `StateDirectory=`; another directory is
+              created (owned by the `distributed-store` user) and made
+              writable for the mapper by this module.
+            '';
+          };
+
+          cacheDirectory = mkOption {
+            type = absolutePath;
+            default = defaultCacheDirectory;
+            description = ''
+              Where the fetcher keeps the NARs it downloaded (an absolute
+              path). The default is the units' `CacheDirectory=`; another
+              directory is created (owned by the `distributed-store` user)
+              and made writable for the fetcher by this module.
+            '';
+          };
+
+          cacheSize = mkOption {
+            type = sizeType;
+            default = "10G";
+            example = "50G";
+            description = ''
+              Bound on the fetcher's cache: bytes, or a number with a `K`,
+              `M`, `G` or `T` suffix (powers of 1024, e.g. `"512M"`,
+              `"1.5T"`). The least recently used NARs go first.
+            '';
+          };
+
+          peerTimeoutMs = mkOption {
+            type = timeoutType;
+            default = 300;
+            description = ''
+              Milliseconds a peer gets to connect and answer (a narinfo, an
+              announcement, the first bytes of a NAR, and each stall while a
+              NAR streams) before it counts as down for that request. From 1
+              to 600000.
+            '';
+          };
+
+          upstreamTimeoutMs = mkOption {
+            type = timeoutType;
+            default = 800;
+            description = ''
+              The same deadline for the upstream caches in
+              {option}`settings.upstreams`, which are usually further away.
+              From 1 to 600000.
             '';
           };
 
@@ -362,6 +474,32 @@ in
           restartTriggers = [ configFile ];
           serviceConfig = lib.mapAttrs (_: lib.mkDefault) proxyHardening;
         };
+
+        # D-Bus activation would start the mapper on the proxy's first
+        # Lookup; starting it at boot lets it index the store and poll the
+        # peers before anyone asks (the unit's WantedBy=multi-user.target,
+        # which NixOS does not read).
+        systemd.services.distributed-store-mapper = {
+          wantedBy = [ "multi-user.target" ];
+          restartTriggers = [ configFile ];
+          serviceConfig = lib.mkMerge [
+            (lib.mapAttrs (_: lib.mkDefault) mapperHardening)
+            (lib.mkIf (stateDir != defaultStateDirectory) { ReadWritePaths = [ stateDir ]; })
+          ];
+        };
+
+        # D-Bus activated by the proxy's first Fetch.
+        systemd.services.distributed-store-fetcher = {
+          restartTriggers = [ configFile ];
+          serviceConfig = lib.mkMerge [
+            (lib.mapAttrs (_: lib.mkDefault) fetcherHardening)
+            (lib.mkIf (cacheDir != defaultCacheDirectory) { ReadWritePaths = [ cacheDir ]; })
+          ];
+        };
+
+        # Non-default state/cache directories: created for the services'
+        # user, which is the only one that needs to read them.
+        systemd.tmpfiles.rules = map (d: "d ${d.dir} 0700 distributed-store distributed-store - -") customDirs;
 
         systemd.services.distributed-store-signer = {
           restartTriggers = [ configFile ];

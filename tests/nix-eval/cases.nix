@@ -143,6 +143,43 @@ in
     systemd.services.distributed-store-proxy.serviceConfig.MemoryDenyWriteExecute = false;
   };
 
+  # A fleet node with the mapper's and fetcher's keys set, directories
+  # outside the units' defaults and the port open for its peers.
+  fleet-settings = {
+    services.distributed-store = {
+      enable = true;
+      openFirewall = true;
+      settings = {
+        peers = [
+          "http://build1:5496"
+          "http://build2:5496"
+        ];
+        trustedPublicKeys = [ fleetKey ];
+        stateDirectory = "/srv/ds/state";
+        cacheDirectory = "/srv/ds/cache";
+        cacheSize = 53687091200;
+        peerTimeoutMs = 150;
+        upstreamTimeoutMs = 2000;
+      };
+    };
+  };
+
+  # cacheSize as text with a fraction; directories at their defaults.
+  cache-size-text = {
+    services.distributed-store = {
+      enable = true;
+      settings.cacheSize = "1.5T";
+    };
+  };
+
+  # The user may still start the mapper on demand only.
+  mapper-on-demand =
+    { lib, ... }:
+    {
+      services.distributed-store.enable = true;
+      systemd.services.distributed-store-mapper.wantedBy = lib.mkForce [ ];
+    };
+
   # Expected to fail evaluation (run.sh checks the error message).
   bad-compression = {
     services.distributed-store = {
@@ -165,6 +202,34 @@ in
     services.distributed-store = {
       enable = true;
       settings.peers = [ "build1:5496" ];
+    };
+  };
+
+  bad-cache-size = {
+    services.distributed-store = {
+      enable = true;
+      settings.cacheSize = "10 gigabytes";
+    };
+  };
+
+  bad-peer-timeout = {
+    services.distributed-store = {
+      enable = true;
+      settings.peerTimeoutMs = 0;
+    };
+  };
+
+  bad-upstream-timeout = {
+    services.distributed-store = {
+      enable = true;
+      settings.upstreamTimeoutMs = 600001;
+    };
+  };
+
+  bad-state-directory = {
+    services.distributed-store = {
+      enable = true;
+      settings.stateDirectory = "var/lib/ds";
     };
   };
 }

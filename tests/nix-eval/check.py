@@ -23,6 +23,10 @@ NIXOS_KEY = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
 CONFIG = "distributed-store/config.toml"
 PROXY = "distributed-store-proxy"
 SIGNER = "distributed-store-signer"
+MAPPER = "distributed-store-mapper"
+FETCHER = "distributed-store-fetcher"
+SERVICES = (PROXY, SIGNER, MAPPER, FETCHER)
+INET = ["AF_UNIX", "AF_INET", "AF_INET6"]
 
 passed = failed = 0
 
@@ -55,6 +59,29 @@ def config_keys():
 
 
 ACCEPTED, ACCEPTED_FROM = config_keys()
+
+
+def rust_defaults():
+    """The services' own defaults for the mapper/fetcher keys
+    (services/runtime/src/config.rs), which the module's defaults repeat."""
+    try:
+        src = (ROOT / "services/runtime/src/config.rs").read_text()
+    except OSError:
+        return None
+    consts = dict(re.findall(r"pub const (DEFAULT_[A-Z_]+): [^=]+= ([^;]+);", src))
+    try:
+        return {
+            "stateDirectory": json.loads(consts["DEFAULT_STATE_DIRECTORY"]),
+            "cacheDirectory": json.loads(consts["DEFAULT_CACHE_DIRECTORY"]),
+            "cacheSize": consts["DEFAULT_CACHE_SIZE"].strip(),
+            "peerTimeoutMs": int(consts["DEFAULT_PEER_TIMEOUT_MS"]),
+            "upstreamTimeoutMs": int(consts["DEFAULT_UPSTREAM_TIMEOUT_MS"]),
+        }
+    except (KeyError, ValueError):
+        return None
+
+
+RUST_DEFAULTS = rust_defaults()
 
 
 def load(case):
@@ -98,7 +125,7 @@ def enabled_basics(case, r, assertions_fail=False):
         check(f"{case}: system user {u} in group {g}", ok, users.get(u))
     etc = f["etc"].get(CONFIG)
     check(f"{case}: /etc/{CONFIG} from the rendered settings", etc is not None and etc["source"].endswith(".toml"), etc)
-    for s in (PROXY, SIGNER):
+    for s in SERVICES:
         svc = f["services"].get(s, {})
         check(f"{case}: {s} restarts when the config changes",
               etc is not None and svc.get("restartTriggers") == [etc["source"]], svc.get("restartTriggers"))
@@ -116,10 +143,27 @@ def enabled_basics(case, r, assertions_fail=False):
           ssc.get("RestrictAddressFamilies") == ["AF_UNIX"] and ssc.get("PrivateNetwork") is True, ssc)
     check(f"{case}: signer has no State/CacheDirectory of the proxy's user",
           "StateDirectory" not in ssc and "CacheDirectory" not in ssc, ssc)
+    msc = f["services"][MAPPER]["serviceConfig"]
+    fsc = f["services"][FETCHER]["serviceConfig"]
+    for name, sc in (("mapper", msc), ("fetcher", fsc)):
+        check(f"{case}: {name} address families (HTTP to peers and upstreams, D-Bus)",
+              sc.get("RestrictAddressFamilies") == INET, sc.get("RestrictAddressFamilies"))
+        check(f"{case}: {name} stays on the network (no PrivateNetwork)", "PrivateNetwork" not in sc, sc)
+    check(f"{case}: mapper StateDirectory only", msc.get("StateDirectory") == "distributed-store"
+          and "CacheDirectory" not in msc, msc)
+    check(f"{case}: fetcher CacheDirectory only", fsc.get("CacheDirectory") == "distributed-store"
+          and "StateDirectory" not in fsc, fsc)
+    if case != "mapper-on-demand":
+        check(f"{case}: mapper started at boot (wantedBy multi-user.target)",
+              f["services"][MAPPER].get("wantedBy") == ["multi-user.target"], f["services"][MAPPER].get("wantedBy"))
+    check(f"{case}: fetcher D-Bus activated only (not wanted by anything)",
+          f["services"][FETCHER].get("wantedBy") == [], f["services"][FETCHER].get("wantedBy"))
+    check(f"{case}: proxy socket-activated only (service not wanted by anything)",
+          f["services"][PROXY].get("wantedBy") == [], f["services"][PROXY].get("wantedBy"))
     if not assertions_fail:
         check(f"{case}: no failed assertions", f["failedAssertions"] == [], f["failedAssertions"])
     # The units come from the package, so the module must not replace them.
-    for s in (PROXY, SIGNER):
+    for s in SERVICES:
         sc = f["services"][s]["serviceConfig"]
         forbidden = {"ExecStart", "Type", "User", "BusName", "DynamicUser"} & set(sc)
         check(f"{case}: {s} drop-in leaves ExecStart/Type/User/BusName to the unit", not forbidden, forbidden)
@@ -131,6 +175,10 @@ def main():
         "bad-compression": [r'"zstd"', r'"xz"', r'"none"', r"compression"],
         "bad-public-key": [r"trustedPublicKeys"],
         "bad-peer": [r"peers"],
+        "bad-cache-size": [r"cacheSize"],
+        "bad-peer-timeout": [r"peerTimeoutMs"],
+        "bad-upstream-timeout": [r"upstreamTimeoutMs"],
+        "bad-state-directory": [r"stateDirectory"],
     }
 
     for case in cases:
@@ -164,7 +212,16 @@ def main():
         if case == "enabled-minimal":
             check(f"{case}: defaults rendered", data == {
                 "listen": "[::]:5496", "priority": 30, "compression": "zstd", "idleExitSec": 0,
-                "peers": [], "upstreams": [], "trustedPublicKeys": []}, data)
+                "peers": [], "upstreams": [], "trustedPublicKeys": [],
+                "stateDirectory": "/var/lib/distributed-store", "cacheDirectory": "/var/cache/distributed-store",
+                "cacheSize": "10G", "peerTimeoutMs": 300, "upstreamTimeoutMs": 800}, data)
+            rd = RUST_DEFAULTS
+            check(f"{case}: module defaults = the services' defaults (services/runtime/src/config.rs)",
+                  rd is not None and rd["cacheSize"] == "10 << 30" and all(
+                      data.get(k) == v for k, v in rd.items() if k != "cacheSize"), (rd, data))
+            check(f"{case}: default directories need no tmpfiles rule or ReadWritePaths",
+                  f["tmpfiles"] == [] and all("ReadWritePaths" not in f["services"][s]["serviceConfig"]
+                                              for s in SERVICES), f["tmpfiles"])
             check(f"{case}: privateKeyFile (null) not written", "privateKeyFile" not in data, data)
             check(f"{case}: ListenStream from listen", ls == ["", "[::]:5496"], ls)
             check(f"{case}: no LoadCredential override without a key", lc is None, lc)
@@ -231,6 +288,34 @@ def main():
         elif case == "freeform":
             check(f"{case}: freeform keys written", data.get("store") == "local?root=/srv/nix"
                   and data.get("wantMassQuery") is False and data.get("maxConnections") == 64, data)
+
+        elif case == "fleet-settings":
+            check(f"{case}: mapper/fetcher keys written", {k: data.get(k) for k in (
+                "stateDirectory", "cacheDirectory", "cacheSize", "peerTimeoutMs", "upstreamTimeoutMs")} == {
+                "stateDirectory": "/srv/ds/state", "cacheDirectory": "/srv/ds/cache",
+                "cacheSize": 53687091200, "peerTimeoutMs": 150, "upstreamTimeoutMs": 2000}, data)
+            check(f"{case}: peers written in order", data.get("peers") == ["http://build1:5496", "http://build2:5496"], data)
+            check(f"{case}: firewall opens the proxy port for the peers", f["firewallTCP"] == [5496], f["firewallTCP"])
+            check(f"{case}: custom directories created for distributed-store", sorted(f["tmpfiles"]) == [
+                "d /srv/ds/cache 0700 distributed-store distributed-store - -",
+                "d /srv/ds/state 0700 distributed-store distributed-store - -"], f["tmpfiles"])
+            msc = f["services"][MAPPER]["serviceConfig"]
+            fsc = f["services"][FETCHER]["serviceConfig"]
+            check(f"{case}: mapper may write its stateDirectory (ProtectSystem=strict)",
+                  msc.get("ReadWritePaths") == ["/srv/ds/state"], msc.get("ReadWritePaths"))
+            check(f"{case}: fetcher may write its cacheDirectory (ProtectSystem=strict)",
+                  fsc.get("ReadWritePaths") == ["/srv/ds/cache"], fsc.get("ReadWritePaths"))
+            check(f"{case}: proxy and signer get no extra writable paths",
+                  all("ReadWritePaths" not in f["services"][s]["serviceConfig"] for s in (PROXY, SIGNER)), "")
+            check(f"{case}: no warnings", f["warnings"] == [], f["warnings"])
+
+        elif case == "cache-size-text":
+            check(f"{case}: cacheSize written as text", data.get("cacheSize") == "1.5T", data)
+            check(f"{case}: no tmpfiles rule at the default directories", f["tmpfiles"] == [], f["tmpfiles"])
+
+        elif case == "mapper-on-demand":
+            check(f"{case}: the user can leave the mapper to D-Bus activation",
+                  f["services"][MAPPER].get("wantedBy") == [], f["services"][MAPPER].get("wantedBy"))
 
         elif case == "hardening-override":
             v = f["services"][PROXY]["serviceConfig"].get("MemoryDenyWriteExecute")

@@ -8,6 +8,7 @@ Prints PASS/FAIL lines.
 """
 
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 OUT = Path(sys.argv[1])
@@ -39,6 +40,10 @@ files = {
     "signer.service": OUT / "lib/systemd/system/distributed-store-signer.service",
     "policy": OUT / "share/dbus-1/system.d/org.distributedstore.conf",
     "activation": OUT / "share/dbus-1/system-services/org.distributedstore.Signer1.service",
+    "mapper.service": OUT / "lib/systemd/system/distributed-store-mapper.service",
+    "fetcher.service": OUT / "lib/systemd/system/distributed-store-fetcher.service",
+    "mapper activation": OUT / "share/dbus-1/system-services/org.distributedstore.Mapper1.service",
+    "fetcher activation": OUT / "share/dbus-1/system-services/org.distributedstore.Fetcher1.service",
     "sysusers": OUT / "lib/sysusers.d/distributed-store.conf",
 }
 for name, p in files.items():
@@ -85,3 +90,86 @@ check("activation file names the signer unit",
 check("activation Exec in $out/bin", ds.get("Exec", [""])[0].startswith(f"{BIN}/distributed-store-signer"), ds.get("Exec"))
 users = files["sysusers"].read_text()
 check("sysusers names the module's users", "distributed-store " in users and "distributed-store-signer " in users, users)
+
+# The mapper and the fetcher: D-Bus activated like the signer, as the proxy's user.
+for name, iface, stype in (("mapper", "Mapper1", "StateDirectory"), ("fetcher", "Fetcher1", "CacheDirectory")):
+    u = unit(files[f"{name}.service"])
+    sv = u.get("Service", {})
+    bus = f"org.distributedstore.{iface}"
+    exe = f"{BIN}/distributed-store-{name}"
+    check(f"{name} Type=dbus BusName={bus}, NotifyAccess=main",
+          sv.get("Type") == ["dbus"] and sv.get("BusName") == [bus] and sv.get("NotifyAccess") == ["main"], sv)
+    check(f"{name} ExecStart in $out/bin", sv.get("ExecStart") == [exe], sv.get("ExecStart"))
+    check(f"{name} ExecStartPre=+ --prepare-store (as root)", sv.get("ExecStartPre") == [f"+{exe} --prepare-store"],
+          sv.get("ExecStartPre"))
+    check(f"{name} reads /etc/distributed-store/config.toml",
+          sv.get("Environment") == ["DISTRIBUTED_STORE_CONFIG=/etc/distributed-store/config.toml"], sv.get("Environment"))
+    check(f"{name} watchdog and Restart=on-failure", bool(sv.get("WatchdogSec")) and sv.get("Restart") == ["on-failure"], sv)
+    check(f"{name} start limit like the others", u.get("Unit", {}).get("StartLimitBurst") == ["5"], u.get("Unit"))
+    check(f"{name} runs as the proxy's user",
+          sv.get("User") == ["distributed-store"] and sv.get("Group") == ["distributed-store"], (sv.get("User"), sv.get("Group")))
+    check(f"{name} {stype}=distributed-store (and not the other)", sv.get(stype) == ["distributed-store"]
+          and not ({"StateDirectory", "CacheDirectory", "RuntimeDirectory"} - {stype}) & set(sv), sv)
+    fams = " ".join(sv.get("RestrictAddressFamilies", [])).split()
+    check(f"{name} address families: unix + inet", sorted(fams) == ["AF_INET", "AF_INET6", "AF_UNIX"], fams)
+    check(f"{name} no credential (the key is the signer's)", "LoadCredential" not in sv, sv.get("LoadCredential"))
+    check(f"{name} hardening (ProtectSystem=strict, NoNewPrivileges, empty CapabilityBoundingSet)",
+          sv.get("ProtectSystem") == ["strict"] and sv.get("NoNewPrivileges") == ["yes"]
+          and sv.get("CapabilityBoundingSet") == [""], sv)
+    inst = u.get("Install", {})
+    check(f"{name} [Install] Alias=dbus-{bus}.service", inst.get("Alias") == [f"dbus-{bus}.service"], inst)
+    want = ["multi-user.target"] if name == "mapper" else None
+    check(f"{name} [Install] WantedBy={want}", inst.get("WantedBy") == want, inst)
+    a = unit(files[f"{name} activation"]).get("D-BUS Service", {})
+    check(f"{name} activation file: Name, Exec, User, SystemdService",
+          a.get("Name") == [bus] and a.get("Exec") == [exe] and a.get("User") == ["distributed-store"]
+          and a.get("SystemdService") == [f"distributed-store-{name}.service"], a)
+
+# The D-Bus policy: who owns and calls what.
+NAMES = [f"org.distributedstore.{n}" for n in ("Signer1", "Proxy1", "Mapper1", "Fetcher1")]
+try:
+    root = ET.parse(files["policy"]).getroot()
+except ET.ParseError as e:
+    check("policy is well-formed XML", False, e)
+    sys.exit(0)
+check("policy is well-formed XML", True)
+pol = {}
+for p in root.findall("policy"):
+    key = p.get("user") and "user:" + p.get("user") or "context:" + str(p.get("context"))
+    pol.setdefault(key, []).extend(dict(a.attrib) | {"_tag": a.tag} for a in p)
+
+
+def allows(who):
+    return [r for r in pol.get(who, []) if r["_tag"] == "allow"]
+
+
+def owns(who):
+    return {r["own"] for r in allows(who) if "own" in r}
+
+
+def calls(who):
+    return {(r.get("send_destination"), r.get("send_interface"), r.get("send_member"))
+            for r in allows(who) if "send_destination" in r}
+
+
+want_calls = {
+    ("org.distributedstore.Mapper1", "org.distributedstore.Mapper1", None),
+    ("org.distributedstore.Fetcher1", "org.distributedstore.Fetcher1", None),
+    ("org.distributedstore.Signer1", "org.distributedstore.Signer1", "Sign"),
+}
+for who in ("user:distributed-store", "user:root"):
+    check(f"policy: {who} owns Proxy1, Mapper1, Fetcher1",
+          {"org.distributedstore.Proxy1", "org.distributedstore.Mapper1", "org.distributedstore.Fetcher1"} <= owns(who),
+          owns(who))
+    check(f"policy: {who} calls all of Mapper1 and Fetcher1, and Signer1.Sign only", calls(who) == want_calls, calls(who))
+check("policy: the proxy's user does not own Signer1", "org.distributedstore.Signer1" not in owns("user:distributed-store"), "")
+check("policy: only the signer's user (and root) own Signer1", owns("user:distributed-store-signer") == {"org.distributedstore.Signer1"},
+      owns("user:distributed-store-signer"))
+dflt = calls("context:default")
+status = {(n, i, m) for n in NAMES for (i, m) in (
+    ("org.freedesktop.DBus.Introspectable", None), ("org.freedesktop.DBus.Peer", None),
+    ("org.freedesktop.DBus.Properties", "Get"), ("org.freedesktop.DBus.Properties", "GetAll"))}
+check("policy: everybody may introspect, Peer and Get/GetAll the four names, nothing else",
+      dflt == status and not owns("context:default"), sorted(map(str, dflt ^ status)))
+check("policy: no deny rule and no mandatory context (the bus defaults deny)",
+      all(r["_tag"] == "allow" for rs in pol.values() for r in rs) and "context:mandatory" not in pol, pol.keys())

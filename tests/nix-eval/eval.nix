@@ -49,6 +49,7 @@ let
         }
       ) config.systemd.sockets;
       systemdPackages = map toString config.systemd.packages;
+      tmpfiles = config.systemd.tmpfiles.rules;
       dbusPackages = map toString config.services.dbus.packages;
       systemPackages = map toString config.environment.systemPackages;
       users = config.users.users;

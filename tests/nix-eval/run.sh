@@ -146,7 +146,7 @@ PY
 # a stand-in for stdenv's `substitute` (only --subst-var-by is used).
 OUT="$WORK/pkg-out"
 mkdir -p "$OUT/bin"
-for b in distributed-store distributed-store-proxy distributed-store-signer; do
+for b in distributed-store distributed-store-proxy distributed-store-signer distributed-store-mapper distributed-store-fetcher; do
   printf '#!/bin/sh\n' >"$OUT/bin/$b"
   chmod +x "$OUT/bin/$b"
 done

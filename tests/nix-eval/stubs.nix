@@ -79,6 +79,10 @@ in
     };
 
     systemd.packages = listOfAnything;
+    systemd.tmpfiles.rules = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
     systemd.services = mkOption {
       default = { };
       type = types.attrsOf (
