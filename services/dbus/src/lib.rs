@@ -86,6 +86,9 @@ pub trait Proxy1 {
     /// narinfo requests answered from the local store.
     #[zbus(property)]
     fn narinfo_hits(&self) -> zbus::Result<u64>;
+    /// narinfo requests answered from peers or upstream (through the mapper).
+    #[zbus(property)]
+    fn narinfo_remote(&self) -> zbus::Result<u64>;
     /// narinfo requests answered 404.
     #[zbus(property)]
     fn narinfo_misses(&self) -> zbus::Result<u64>;

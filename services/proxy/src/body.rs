@@ -59,6 +59,97 @@ pub fn limit(inner: ByteStream, len: u64) -> ByteStream {
     ))
 }
 
+/// Verify a NAR stream against its NarHash and NarSize while it passes
+/// through, holding back the latest chunk until the next one arrives: the
+/// last chunk goes out only once the whole NAR verified. A mismatch, an
+/// early end or too many bytes end the stream with an error instead, so the
+/// client sees a failed transfer, never a complete bad NAR.
+pub fn verified(inner: ByteStream, expected: ds_core::Hash, size: u64) -> ByteStream {
+    struct State {
+        inner: ByteStream,
+        hasher: ds_core::NarHasher,
+        held: Option<Bytes>,
+        expected: ds_core::Hash,
+        size: u64,
+        done: bool,
+    }
+    let state = State {
+        inner,
+        hasher: ds_core::NarHasher::new(),
+        held: None,
+        expected,
+        size,
+        done: false,
+    };
+    let fail = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidData, msg);
+    Box::pin(futures::stream::unfold(state, move |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            match st.inner.next().await {
+                Some(Ok(chunk)) if chunk.is_empty() => continue,
+                Some(Ok(chunk)) => {
+                    st.hasher.update(&chunk);
+                    if st.hasher.len() > st.size {
+                        st.done = true;
+                        let e = fail(format!("NAR longer than its NarSize {}", st.size));
+                        return Some((Err(e), st));
+                    }
+                    if let Some(prev) = st.held.replace(chunk) {
+                        return Some((Ok(prev), st));
+                    }
+                }
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                None => {
+                    st.done = true;
+                    let hasher = std::mem::take(&mut st.hasher);
+                    let (hash, len) = hasher.finish();
+                    if len != st.size {
+                        let e = fail(format!("NAR ended after {len} of {} bytes", st.size));
+                        return Some((Err(e), st));
+                    }
+                    if hash != st.expected {
+                        let e = fail("NAR does not match its NarHash".into());
+                        return Some((Err(e), st));
+                    }
+                    return st.held.take().map(|last| (Ok(last), st));
+                }
+            }
+        }
+    }))
+}
+
+/// Exactly `len` bytes of `inner`: fewer is an error (so the response is
+/// cut, not ended cleanly), more is not read.
+pub fn exact(inner: ByteStream, len: u64) -> ByteStream {
+    Box::pin(futures::stream::unfold(
+        (inner, len),
+        |(mut inner, left)| async move {
+            if left == 0 {
+                return None;
+            }
+            match inner.next().await {
+                None => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("source ended {left} bytes early"),
+                    )),
+                    (inner, 0),
+                )),
+                Some(Err(e)) => Some((Err(e), (inner, 0))),
+                Some(Ok(chunk)) => {
+                    let take = (chunk.len() as u64).min(left) as usize;
+                    Some((Ok(chunk.slice(..take)), (inner, left - take as u64)))
+                }
+            }
+        },
+    ))
+}
+
 /// Call `on_bytes` with the size of every chunk that goes out.
 pub fn counted(inner: ByteStream, on_bytes: impl Fn(u64) + Send + 'static) -> ByteStream {
     Box::pin(inner.inspect_ok(move |chunk| on_bytes(chunk.len() as u64)))
@@ -87,6 +178,52 @@ mod tests {
             let got = collect(s).await.unwrap();
             assert_eq!(got, &data[..len as usize], "len {len}");
         }
+    }
+
+    #[tokio::test]
+    async fn verified_passes_a_good_nar_and_cuts_a_bad_one() {
+        let data = b"0123456789abcdef";
+        let good = ds_core::Hash::sha256(data);
+        let parts: &[&'static [u8]] = &[b"0123", b"45", b"6789abc", b"def"];
+        assert_eq!(
+            collect(verified(chunks(parts), good.clone(), 16))
+                .await
+                .unwrap(),
+            data
+        );
+        // Wrong hash, short, long: an error, and the last chunk never goes out.
+        for (parts, size, hash) in [
+            (parts, 16, ds_core::Hash::sha256(b"other")),
+            (&parts[..3], 16, good.clone()),
+            (parts, 15, good.clone()),
+        ] {
+            let mut s = verified(chunks(parts), hash, size);
+            let mut got = Vec::new();
+            let mut failed = false;
+            while let Some(item) = s.next().await {
+                match item {
+                    Ok(b) => got.extend_from_slice(&b),
+                    Err(_) => failed = true,
+                }
+            }
+            assert!(failed, "{size}");
+            assert!(
+                got.len() < data.len().min(size as usize),
+                "{} bytes passed",
+                got.len()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn exact_fails_short_sources() {
+        assert_eq!(
+            collect(exact(chunks(&[b"0123", b"4567"]), 6))
+                .await
+                .unwrap(),
+            b"012345"
+        );
+        assert!(collect(exact(chunks(&[b"0123"]), 6)).await.is_err());
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 //! own (from the signer over D-Bus, once per path).
 
 pub mod body;
+pub mod fleet;
 pub mod metrics;
 pub mod route;
 pub mod server;
@@ -25,6 +26,7 @@ use ds_runtime::config::NarCompression;
 use ds_runtime::Config;
 use ds_store::{LocalStore, PathInfo};
 
+use crate::fleet::{FetchError, Fleet, Hop, Resolved};
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::route::Route;
 use crate::signing::SignerClient;
@@ -38,6 +40,8 @@ pub struct App {
     pub store: Arc<LocalStore>,
     /// This node's signatures.
     pub signer: Arc<SignerClient>,
+    /// The mapper and the fetcher (paths this store lacks).
+    pub fleet: Arc<Fleet>,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Counters for D-Bus status.
@@ -51,6 +55,7 @@ impl App {
         config: Config,
         store: Arc<LocalStore>,
         signer: Arc<SignerClient>,
+        fleet: Arc<Fleet>,
         stats: Arc<Stats>,
     ) -> Self {
         let cache_info = CacheInfo {
@@ -63,6 +68,7 @@ impl App {
             config,
             store,
             signer,
+            fleet,
             metrics: Metrics::new(),
             stats,
             cache_info,
@@ -74,6 +80,11 @@ impl App {
         let started = Instant::now();
         let route = route::parse(req.uri().path());
         let label = route.label();
+        let hop = Hop::from_header(
+            req.headers()
+                .get(fleet::HOP_HEADER)
+                .map(HeaderValue::as_bytes),
+        );
         let response = match (req.method(), route) {
             (_, Route::Bad(reason)) => {
                 text(StatusCode::BAD_REQUEST, format!("bad request: {reason}\n"))
@@ -98,7 +109,8 @@ impl App {
                 self.metrics.encode(),
             ),
             (_, Route::NotFound) => not_found(),
-            (_, Route::NarInfo(hash)) => self.narinfo(hash).await,
+            (_, Route::Announce) => self.announce(req.uri().query().unwrap_or("")).await,
+            (_, Route::NarInfo(hash)) => self.narinfo(hash, hop).await,
             (
                 m,
                 Route::Nar {
@@ -113,6 +125,7 @@ impl App {
                     compression,
                     req.headers(),
                     m == Method::HEAD,
+                    hop,
                 )
                 .await
             }
@@ -155,12 +168,49 @@ impl App {
         }
     }
 
-    async fn narinfo(&self, hash: StorePathHash) -> Response<Body> {
-        let info = match self.lookup(hash).await {
+    /// A path this store lacks, resolved as `hop` allows: a client gets
+    /// the whole fleet (mapper: peers, then upstream); a peer only what our
+    /// fetcher holds or is fetching; a lead request also our upstreams.
+    async fn remote(&self, hash: &StorePathHash, hop: Hop) -> Option<Arc<Resolved>> {
+        match hop {
+            Hop::Client => self.fleet.resolve(hash, false).await,
+            Hop::Peer => self.fleet.held(hash).await,
+            Hop::Lead => match self.fleet.held(hash).await {
+                Some(r) => Some(r),
+                None => self.fleet.resolve(hash, true).await,
+            },
+        }
+    }
+
+    /// Compression of the NARs we offer: peers get uncompressed NARs
+    /// (a LAN; and Range works on them), clients what the config says.
+    fn offered_compression(&self, hop: Hop) -> NarCompression {
+        match hop {
+            Hop::Client => self.config.compression,
+            _ => NarCompression::None,
+        }
+    }
+
+    async fn narinfo(&self, hash: StorePathHash, hop: Hop) -> Response<Body> {
+        let info = match self.lookup(hash.clone()).await {
             Ok(Some(info)) => info,
             Ok(None) => {
-                self.stats.narinfo_misses.fetch_add(1, Ordering::Relaxed);
-                return not_found();
+                let Some(r) = self.remote(&hash, hop).await else {
+                    self.stats.narinfo_misses.fetch_add(1, Ordering::Relaxed);
+                    return not_found();
+                };
+                self.stats.narinfo_remote.fetch_add(1, Ordering::Relaxed);
+                // URL, Compression, FileHash and FileSize are outside the
+                // signed fingerprint: they describe how *we* serve the NAR.
+                let compression = self.offered_compression(hop);
+                let mut narinfo = r.narinfo.clone();
+                let nar_hash32 = ds_core::base32::encode(&narinfo.nar_hash.digest);
+                let uncompressed = compression == NarCompression::None;
+                narinfo.url = route::nar_url(&hash, &nar_hash32, compression);
+                narinfo.compression = compression.to_core();
+                narinfo.file_hash = uncompressed.then(|| narinfo.nar_hash.clone());
+                narinfo.file_size = uncompressed.then_some(narinfo.nar_size);
+                return typed(StatusCode::OK, "text/x-nix-narinfo", narinfo.render());
             }
             Err(r) => return r,
         };
@@ -171,7 +221,7 @@ impl App {
                 sigs.push(sig);
             }
         }
-        let compression = self.config.compression;
+        let compression = self.offered_compression(hop);
         let nar_hash32 = ds_core::base32::encode(&info.nar_hash.digest);
         let uncompressed = compression == NarCompression::None;
         let narinfo = NarInfo {
@@ -197,10 +247,15 @@ impl App {
         compression: NarCompression,
         headers: &HeaderMap,
         head_only: bool,
+        hop: Hop,
     ) -> Response<Body> {
-        let info = match self.lookup(hash).await {
+        let info = match self.lookup(hash.clone()).await {
             Ok(Some(info)) => info,
-            Ok(None) => return not_found(),
+            Ok(None) => {
+                return self
+                    .remote_nar(hash, nar_hash32, compression, headers, head_only, hop)
+                    .await
+            }
             Err(r) => return r,
         };
         // The URL names the NAR it was issued for: a path rebuilt with other
@@ -213,18 +268,7 @@ impl App {
             match headers.get(header::RANGE).map(|v| parse_range(v, size)) {
                 None => None,
                 Some(Ok(r)) => Some(r),
-                Some(Err(())) => {
-                    let mut r = text(
-                        StatusCode::RANGE_NOT_SATISFIABLE,
-                        "unsatisfiable range\n".into(),
-                    );
-                    r.headers_mut().insert(
-                        header::CONTENT_RANGE,
-                        HeaderValue::from_str(&format!("bytes */{size}"))
-                            .unwrap_or(HeaderValue::from_static("bytes */0")),
-                    );
-                    return r;
-                }
+                Some(Err(())) => return unsatisfiable(size),
             }
         } else {
             None
@@ -281,6 +325,140 @@ impl App {
             .body(Body::from_stream(body::counted(stream, count)))
             .unwrap_or_else(|_| internal())
     }
+}
+
+impl App {
+    /// A NAR this store lacks: through the fetcher (from a peer, the
+    /// fleet's lead node or upstream), verified here too.
+    ///
+    /// Range is offered to peers only: they verify the whole NAR they
+    /// assemble. A client's Range request gets the whole NAR (200), which
+    /// we verify before its last chunk leaves: a resumed transfer must not
+    /// hand a client the tail of a NAR that failed verification.
+    async fn remote_nar(
+        &self,
+        hash: StorePathHash,
+        nar_hash32: &str,
+        compression: NarCompression,
+        headers: &HeaderMap,
+        head_only: bool,
+        hop: Hop,
+    ) -> Response<Body> {
+        let Some(r) = self.remote(&hash, hop).await else {
+            return not_found();
+        };
+        if ds_core::base32::encode(&r.narinfo.nar_hash.digest) != nar_hash32 {
+            return not_found();
+        }
+        let size = r.narinfo.nar_size;
+        let ranged = hop != Hop::Client && compression == NarCompression::None;
+        let range = match headers.get(header::RANGE) {
+            Some(v) if ranged => match parse_range(v, size) {
+                Ok(r) => Some(r),
+                Err(()) => return unsatisfiable(size),
+            },
+            _ => None,
+        };
+        let mut builder = Response::builder()
+            .header(header::CONTENT_TYPE, "application/x-nix-nar")
+            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+        if ranged {
+            builder = builder.header(header::ACCEPT_RANGES, "bytes");
+        }
+        if head_only {
+            if compression == NarCompression::None {
+                builder = builder.header(header::CONTENT_LENGTH, size);
+            }
+            return builder
+                .status(StatusCode::OK)
+                .body(Body::empty())
+                .unwrap_or_else(|_| internal());
+        }
+        let offset = range.map_or(0, |(start, _)| start);
+        let pipe = match self.fleet.open(&r, offset, hop == Hop::Peer).await {
+            Ok(p) => p,
+            Err(FetchError::NotFound) => return not_found(),
+            Err(FetchError::Unavailable(e)) => {
+                tracing::warn!(path = %r.narinfo.store_path, "NAR unavailable: {e}");
+                let mut resp = text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "NAR temporarily unavailable\n".into(),
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return resp;
+            }
+        };
+        let raw: body::ByteStream =
+            Box::pin(tokio_util::io::ReaderStream::with_capacity(pipe, 64 * 1024));
+        let stream = match range {
+            Some((start, end)) => {
+                builder = builder
+                    .status(StatusCode::PARTIAL_CONTENT)
+                    .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
+                    .header(header::CONTENT_LENGTH, end - start + 1);
+                body::exact(raw, end - start + 1)
+            }
+            None => {
+                builder = builder.status(StatusCode::OK);
+                if compression == NarCompression::None {
+                    builder = builder.header(header::CONTENT_LENGTH, size);
+                }
+                body::compress(
+                    body::verified(raw, r.narinfo.nar_hash.clone(), size),
+                    compression,
+                )
+            }
+        };
+        let stats = self.stats.clone();
+        let nar_bytes = self.metrics.nar_bytes.clone();
+        let count = move |n: u64| {
+            stats.nar_bytes_sent.fetch_add(n, Ordering::Relaxed);
+            nar_bytes.inc_by(n);
+        };
+        builder
+            .body(Body::from_stream(body::counted(stream, count)))
+            .unwrap_or_else(|_| internal())
+    }
+
+    /// `GET /_ds/v1/announce?epoch=E&since=V`: what this node holds, for peers.
+    async fn announce(&self, query: &str) -> Response<Body> {
+        let mut epoch = "";
+        let mut since = 0u64;
+        for kv in query.split('&') {
+            match kv.split_once('=') {
+                Some(("epoch", v)) => epoch = v,
+                Some(("since", v)) => match v.parse() {
+                    Ok(n) => since = n,
+                    Err(_) => return text(StatusCode::BAD_REQUEST, "bad since\n".into()),
+                },
+                _ => {}
+            }
+        }
+        if epoch.len() > 128 || !epoch.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return text(StatusCode::BAD_REQUEST, "bad epoch\n".into());
+        }
+        match self.fleet.announce(epoch, since).await {
+            Some(json) => typed(StatusCode::OK, "application/json", json),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the mapper is unavailable\n".into(),
+            ),
+        }
+    }
+}
+
+fn unsatisfiable(size: u64) -> Response<Body> {
+    let mut r = text(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "unsatisfiable range\n".into(),
+    );
+    r.headers_mut().insert(
+        header::CONTENT_RANGE,
+        HeaderValue::from_str(&format!("bytes */{size}"))
+            .unwrap_or(HeaderValue::from_static("bytes */0")),
+    );
+    r
 }
 
 /// Parse a single `bytes=a-b` / `bytes=a-` / `bytes=-n` range; `Err` when

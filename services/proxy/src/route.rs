@@ -28,6 +28,8 @@ pub enum Route {
     },
     /// `/metrics`
     Metrics,
+    /// `/_ds/v1/announce` (peer protocol: what this node holds)
+    Announce,
     /// Well-formed, but nothing we serve (`/log/…`, `/<hash>.ls`, …): 404.
     NotFound,
     /// Malformed: 400 with the reason.
@@ -42,6 +44,7 @@ impl Route {
             Route::NarInfo(_) => "narinfo",
             Route::Nar { .. } => "nar",
             Route::Metrics => "metrics",
+            Route::Announce => "announce",
             Route::NotFound => "other",
             Route::Bad(_) => "bad",
         }
@@ -78,6 +81,7 @@ pub fn parse(path: &str) -> Route {
     match rest {
         "nix-cache-info" => return Route::CacheInfo,
         "metrics" => return Route::Metrics,
+        "_ds/v1/announce" => return Route::Announce,
         _ => {}
     }
     if let Some(file) = rest.strip_prefix("nar/") {
@@ -148,6 +152,8 @@ mod tests {
     fn good_routes() {
         assert_eq!(parse("/nix-cache-info"), Route::CacheInfo);
         assert_eq!(parse("/metrics"), Route::Metrics);
+        assert_eq!(parse("/_ds/v1/announce"), Route::Announce);
+        assert_eq!(parse("/_ds/v1/other"), Route::NotFound);
         assert!(matches!(parse(&format!("/{H}.narinfo")), Route::NarInfo(h) if h.as_str() == H));
         for (ext, c) in [
             ("", NarCompression::None),

@@ -100,7 +100,16 @@ pub async fn run(
         tracing::warn!("privateKeyFile is set but D-Bus is unavailable: narinfo will carry stored signatures only");
     }
 
-    let app = Arc::new(App::new(config, store, signer, stats));
+    // A lookup asks peers and upstreams in parallel under their deadlines;
+    // this bound only guards against a wedged mapper.
+    let lookup_deadline =
+        config.peer_timeout.max(config.upstream_timeout) * 2 + Duration::from_secs(1);
+    let fleet = Arc::new(crate::fleet::Fleet::new(
+        conn.clone(),
+        config.trusted_keys(),
+        lookup_deadline,
+    ));
+    let app = Arc::new(App::new(config, store, signer, fleet, stats));
     let limit = Arc::new(Semaphore::new(app.config.max_connections));
     let activity = ds_runtime::service::Activity::new();
     let graceful = Arc::new(GracefulShutdown::new());

@@ -16,6 +16,8 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// narinfo found locally.
     pub narinfo_hits: AtomicU64,
+    /// narinfo answered from the fleet (peers, upstream) through the mapper.
+    pub narinfo_remote: AtomicU64,
     /// narinfo 404.
     pub narinfo_misses: AtomicU64,
     /// NAR bytes sent.
@@ -62,6 +64,11 @@ impl Status {
     #[zbus(property(emits_changed_signal = "false"))]
     async fn narinfo_hits(&self) -> u64 {
         self.stats.narinfo_hits.load(Ordering::Relaxed)
+    }
+    /// narinfo answered from peers or upstream (through the mapper).
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn narinfo_remote(&self) -> u64 {
+        self.stats.narinfo_remote.load(Ordering::Relaxed)
     }
     /// narinfo answered 404.
     #[zbus(property(emits_changed_signal = "false"))]
