@@ -1,6 +1,7 @@
 # One machine: what an operator sees. Socket activation of the proxy, D-Bus
-# activation of the signer, the status API with busctl and the CLI, the D-Bus
-# policy, systemd's view of the units, and that the key reaches only the signer.
+# activation of the signer and the fetcher, the mapper started at boot, the
+# status API with busctl and the CLI, the D-Bus policy, systemd's view of the
+# units, and that the key reaches only the signer.
 {
   pkgs,
   servingNode,
@@ -42,6 +43,27 @@ pkgs.testers.runNixOSTest {
         assert state("distributed-store-signer.service") == "inactive", state("distributed-store-signer.service")
         listen = show("distributed-store-proxy.socket", "Listen")["Listen"]
         assert "[::]:5496" in listen, listen
+
+    with subtest("the mapper runs from boot, the fetcher starts on its first D-Bus call"):
+        machine.wait_for_unit("distributed-store-mapper.service")
+        assert state("distributed-store-fetcher.service") == "inactive", state("distributed-store-fetcher.service")
+        props = show("distributed-store-mapper.service", "Type,User,WatchdogUSec")
+        assert props["Type"] == "dbus" and props["User"] == "distributed-store", props
+        # The module's default cacheSize, 10G.
+        assert machine.succeed(f"busctl get-property {FETCHER} CacheMaxBytes").strip() == "t 10737418240"
+        machine.wait_until_succeeds("systemctl is-active distributed-store-fetcher.service")
+        assert show("distributed-store-fetcher.service", "User")["User"] == "distributed-store"
+        machine.wait_until_succeeds(f"test $(busctl get-property {MAPPER} IndexedPaths | cut -d' ' -f2) -gt 0", timeout=60)
+
+    with subtest("D-Bus policy: others may read Mapper1/Fetcher1 status, not call their methods"):
+        machine.succeed(f"runuser -u nobody -- busctl get-property {MAPPER} IndexedPaths")
+        machine.succeed(f"runuser -u nobody -- busctl get-property {FETCHER} CacheBytes")
+        out = machine.fail(f"runuser -u nobody -- busctl call {MAPPER} Lookup sb {hash_part(path)} false 2>&1")
+        assert "Access denied" in out or "AccessDenied" in out, out
+        out = machine.fail(f"runuser -u nobody -- busctl call {FETCHER} Held s {hash_part(path)} 2>&1")
+        assert "Access denied" in out or "AccessDenied" in out, out
+        out = machine.fail(f"runuser -u nobody -- busctl call {MAPPER} ReportBad ss http://x:5496 test 2>&1")
+        assert "Access denied" in out or "AccessDenied" in out, out
 
     with subtest("the key reaches the signer only, through LoadCredential"):
         # One LoadCredential= line per credential: the unit's default must be gone.
@@ -100,5 +122,10 @@ pkgs.testers.runNixOSTest {
         assert props["NRestarts"] == "0", props
         assert props["WatchdogUSec"] not in ("0", "infinity"), props
         machine.succeed("journalctl -u distributed-store-proxy.service --no-pager | grep -q .")
+        for unit in ("distributed-store-mapper.service", "distributed-store-fetcher.service"):
+            props = show(unit, "ActiveState,NRestarts,WatchdogUSec")
+            machine.log(f"{unit}: {props!r}")
+            assert props["ActiveState"] == "active" and props["NRestarts"] == "0", props
+            assert props["WatchdogUSec"] not in ("0", "infinity"), props
   '';
 }

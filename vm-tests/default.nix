@@ -9,11 +9,11 @@
 let
   common = import ./lib.nix {
     inherit pkgs module;
-    # Set to true once the proxy resolves paths through its peers (the fleet
-    # issue). Until then the checks that need it run as expected failures:
-    # they are logged as XFAIL, and one that unexpectedly passes fails the test
-    # so that this flag gets flipped.
-    peersImplemented = false;
+    # The proxy resolves paths through its peers (mapper + fetcher), so the
+    # checks that need it are required. Set to false to run them as expected
+    # failures (logged as XFAIL; one that unexpectedly passes fails the test)
+    # on a build without peer resolution.
+    peersImplemented = true;
   };
 in
 {

@@ -80,20 +80,37 @@ in
         return path.removeprefix("/nix/store/").split("-", 1)[0]
 
 
+    MAPPER = "org.distributedstore.Mapper1 /org/distributedstore/Mapper1 org.distributedstore.Mapper1"
+    FETCHER = "org.distributedstore.Fetcher1 /org/distributedstore/Fetcher1 org.distributedstore.Fetcher1"
+
+
     def write_config(machine, toml):
         """Replace the module's config.toml at test time. Only because the
         trusted key is generated at test time: a real fleet puts the public
-        key into settings.trustedPublicKeys."""
+        key into settings.trustedPublicKeys. Every service reads the file at
+        start, so the running ones restart (the mapper runs from boot)."""
         machine.succeed(
             "rm -f /etc/distributed-store/config.toml && "
             f"printf '%s' {shlex.quote(toml)} > /etc/distributed-store/config.toml && "
-            "systemctl try-restart distributed-store-proxy.service"
+            "systemctl try-restart distributed-store-proxy.service distributed-store-mapper.service "
+            "distributed-store-fetcher.service"
         )
 
 
-    def needs_peers(machine, what, cmd):
-        """Run cmd where it depends on the proxy resolving through peers."""
+    def prop_u64(machine, bus, prop):
+        """A `t` (u64) property read with busctl, e.g. Mapper1.IndexedPaths."""
+        out = machine.succeed(f"busctl get-property {bus} {prop}").split()
+        assert out[0] == "t", out
+        return int(out[1])
+
+
+    def needs_peers(machine, what, cmd, timeout=None):
+        """Run cmd where it depends on the proxy resolving through peers; with
+        a timeout, retry it until then (a restarted mapper polls its peers
+        first)."""
         if PEERS_IMPLEMENTED:
+            if timeout is not None:
+                return machine.wait_until_succeeds(cmd, timeout=timeout)
             return machine.succeed(cmd)
         status, out = machine.execute(cmd)
         if status == 0:
