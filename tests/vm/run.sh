@@ -3,16 +3,16 @@
 #
 #   tests/vm/run.sh [--nodes 2|3] [--bins DIR] [--quick] [--selftest] [--peers] [--keep] [--cache DIR]
 #
-#   --bins DIR   directory holding distributed-store, distributed-store-proxy and
-#                distributed-store-signer (e.g. target/release). Without it the driver
-#                runs `cargo build --release` in the repo and uses the workspace's target dir.
-#   --nodes N    2 or 3 (default 3; 2 for --selftest). node1 builds and signs; node2 substitutes from node1
-#                over the network; node3 substitutes through its own local proxy (peers).
+#   --bins DIR   directory holding distributed-store and distributed-store-{proxy,signer,mapper,fetcher}
+#                (e.g. target/release). Without it the driver runs `cargo build --release` in the
+#                repo and uses the workspace's target dir.
+#   --nodes N    2 or 3 (default 3; 2 for --selftest). node1 builds and signs; node2 substitutes from
+#                node1 over the network, then through its own proxy with node1 in `peers`; node3
+#                substitutes through its own proxy (peers) too.
 #   --quick      CI mode: 2 nodes, the same checks.
 #   --selftest   check the harness itself with demo units (tests/vm/selftest/): socket and
 #                D-Bus activation, signed Nix substitution. Needs no project binary.
-#   --peers      make the node3 peer-substitution check mandatory (default: SKIP when it fails,
-#                because peers are not implemented yet).
+#   --peers      accepted for compatibility: the peer-substitution checks are always required now.
 #   --keep       leave the VMs running at the end (prints how to reach and stop them).
 #   --cache DIR  image cache (default $DSVM_CACHE or ${XDG_CACHE_HOME:-$HOME/.cache}/distributed-store-vm).
 #
@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
     --peers) PEERS=1; shift ;;
     --keep) KEEP=1; shift ;;
     --cache) DSVM_CACHE="${2:?--cache needs a directory}"; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -237,7 +237,12 @@ selftest() {
 full() {
   local n KEYNAME=node1-vmtest-1 TOKEN="ds-$RANDOM$RANDOM" SP PUB HASH out
   local P=/opt/distributed-store/bin SVC=distributed-store-proxy.service SIG=distributed-store-signer.service
+  local MAP=distributed-store-mapper.service FET=distributed-store-fetcher.service SP2 HASH2 TOKEN2="ds2-$RANDOM$RANDOM"
   local SIGNER="org.distributedstore.Signer1 /org/distributedstore/Signer1 org.distributedstore.Signer1"
+  local MAPPER="org.distributedstore.Mapper1 /org/distributedstore/Mapper1 org.distributedstore.Mapper1"
+  local FETCHER="org.distributedstore.Fetcher1 /org/distributedstore/Fetcher1 org.distributedstore.Fetcher1"
+  # As the user nobody (65534), for the D-Bus policy checks.
+  local NOBODY="setpriv --reuid=65534 --regid=65534 --clear-groups"
 
   say "== install dist files on every node (in parallel)"
   t=$(now)
@@ -251,9 +256,17 @@ full() {
     install -m 644 /mnt/host/lib/sysusers.d/* /usr/lib/sysusers.d/
     systemd-sysusers
     getent passwd distributed-store >/dev/null && getent passwd distributed-store-signer >/dev/null
+    for b in distributed-store distributed-store-proxy distributed-store-signer distributed-store-mapper distributed-store-fetcher; do
+      test -x /opt/distributed-store/bin/$b
+    done
+    for f in /etc/systemd/system/distributed-store-mapper.service /etc/systemd/system/distributed-store-fetcher.service \
+             /usr/share/dbus-1/system-services/org.distributedstore.Mapper1.service \
+             /usr/share/dbus-1/system-services/org.distributedstore.Fetcher1.service; do
+      test -s $f
+    done
     # Every Nix machine has its database; the Debian nix-bin package creates it lazily on first use.
     nix-store --init'
-  on_all "dist files installed (units, D-Bus policy + activation, sysusers), users created" "$INSTALL"
+  on_all "dist files installed (5 binaries, units, D-Bus policy + activation files, sysusers), users created" "$INSTALL"
 
   # node1: signing key made in the VM; config points the signer at it.
   PUB=$(val node1 "set -e; umask 077
@@ -266,7 +279,8 @@ full() {
     case \$(hostname) in
       node1) printf '%s\n' '# node1: serves and signs its own store' \
                'privateKeyFile = \"/etc/distributed-store/signing-key\"' 'trustedPublicKeys = [ \"$PUB\" ]' ;;
-      node2) printf '%s\n' '# node2: trusts node1, no key of its own' 'trustedPublicKeys = [ \"$PUB\" ]' ;;
+      node2) printf '%s\n' '# node2: trusts node1 and asks it as a peer; no key of its own' 'trustedPublicKeys = [ \"$PUB\" ]' \
+               'peers = [ \"http://10.78.0.11:5496\" ]' ;;
       node3) printf '%s\n' '# node3: trusts node1 and asks it as a peer' 'trustedPublicKeys = [ \"$PUB\" ]' \
                'peers = [ \"http://10.78.0.11:5496\" ]' ;;
     esac >/etc/distributed-store/config.toml
@@ -286,6 +300,8 @@ full() {
        ss -ltn 2>/dev/null | grep -q ':5496 ' || { systemctl status --no-pager $SVC; false; }"
   done
   g "node1: signer inactive before the first D-Bus call" node1 "test \"\$(systemctl is-active $SIG)\" = inactive"
+  g "node1: mapper and fetcher inactive before the first D-Bus call" node1 \
+    "test \"\$(systemctl is-active $MAP)\" = inactive && test \"\$(systemctl is-active $FET)\" = inactive"
   say "== signer (D-Bus activation, LoadCredential)"
   out=$(x node1 "busctl get-property $SIGNER PublicKey" 2>&1)
   check "node1: busctl get-property Signer1 PublicKey starts the signer and returns the .pub key" \
@@ -304,6 +320,37 @@ full() {
     '! runuser -u distributed-store-signer -- cat /etc/distributed-store/signing-key >/dev/null'
   g "node1: the proxy's user cannot read it either" node1 \
     '! runuser -u distributed-store -- cat /etc/distributed-store/signing-key >/dev/null'
+
+  say "== mapper and fetcher (D-Bus activation, policy)"
+  g "node1: busctl get-property Mapper1 IndexedPaths (as root) starts the mapper" node1 \
+    "timeout 90 busctl get-property $MAPPER IndexedPaths | tee /dev/stderr | grep -qE '^t [0-9]+\$'"
+  g "node1: mapper active (Type=dbus), runs as distributed-store" node1 \
+    "systemctl is-active $MAP && test \"\$(systemctl show -p Type --value $MAP)\" = dbus &&
+     pid=\$(systemctl show -p MainPID --value $MAP) && test \"\$(stat -c %U /proc/\$pid)\" = distributed-store ||
+     { journalctl -u $MAP --no-pager | tail -20; false; }"
+  g "node1: mapper's state directory /var/lib/distributed-store belongs to distributed-store" node1 \
+    "test \"\$(stat -c %U /var/lib/distributed-store)\" = distributed-store"
+  g "node1: busctl introspect Mapper1 lists its methods and properties" node1 \
+    "o=\$(busctl introspect org.distributedstore.Mapper1 /org/distributedstore/Mapper1); echo \"\$o\"
+     for p in Lookup Announce ReportBad SetFetching IndexedPaths PeerPaths Peers LastSync IndexBytes Lookups; do
+       echo \"\$o\" | grep -E \"^\\.\$p +(method|property)\" >/dev/null || { echo \"missing \$p\"; exit 1; }; done"
+  g "node1: busctl get-property Fetcher1 CacheMaxBytes (as root) starts the fetcher; default cacheSize 10G" node1 \
+    "timeout 90 busctl get-property $FETCHER CacheMaxBytes | tee /dev/stderr | grep -qx 't 10737418240'"
+  g "node1: fetcher active (Type=dbus), runs as distributed-store" node1 \
+    "systemctl is-active $FET && test \"\$(systemctl show -p Type --value $FET)\" = dbus &&
+     pid=\$(systemctl show -p MainPID --value $FET) && test \"\$(stat -c %U /proc/\$pid)\" = distributed-store ||
+     { journalctl -u $FET --no-pager | tail -20; false; }"
+  g "node1: the user nobody may read Mapper1 and Fetcher1 properties" node1 \
+    "$NOBODY busctl get-property $MAPPER IndexedPaths && $NOBODY busctl get-property $FETCHER CacheBytes"
+  g "node1: the user nobody calling Mapper1.Lookup is denied by the D-Bus policy" node1 \
+    "out=\$($NOBODY busctl call $MAPPER Lookup sb 00000000000000000000000000000000 false 2>&1); rc=\$?; echo \"\$out\"
+     test \$rc -ne 0 && echo \"\$out\" | grep -qiE 'access denied|AccessDenied'"
+  g "node1: the user nobody calling Fetcher1.Held is denied too" node1 \
+    "out=\$($NOBODY busctl call $FETCHER Held s 00000000000000000000000000000000 2>&1); rc=\$?; echo \"\$out\"
+     test \$rc -ne 0 && echo \"\$out\" | grep -qiE 'access denied|AccessDenied'"
+  g "node1: root's Mapper1.Lookup of an unknown hash is a typed NotFound, not a hang" node1 \
+    "out=\$(timeout 30 busctl call $MAPPER Lookup sb 00000000000000000000000000000000 false 2>&1); rc=\$?; echo \"\$out\"
+     test \$rc -ne 0 && test \$rc -ne 124 && ! echo \"\$out\" | grep -qiE 'access denied|AccessDenied'"
 
   say "== socket activation (proxy)"
   g "node1: curl http://127.0.0.1:5496/nix-cache-info answers" node1 \
@@ -324,6 +371,16 @@ full() {
     [ "$n" = node1 ] && continue
     g "$n: its own proxy socket-activates on 127.0.0.1:5496 too" "$n" \
       "curl -sS --fail-with-body --max-time 60 http://127.0.0.1:5496/nix-cache-info | grep -q '^StoreDir: /nix/store' && systemctl is-active $SVC"
+  done
+
+  say "== mapper started with systemctl enable (node2+), as docs/operating.md says"
+  for n in "${NODE_LIST[@]}"; do
+    [ "$n" = node1 ] && continue
+    g "$n: systemctl enable --now distributed-store-mapper: wanted by multi-user.target, D-Bus alias, active" "$n" \
+      "systemctl enable --now $MAP 2>&1 && test \"\$(systemctl is-enabled $MAP)\" = enabled &&
+       test -L /etc/systemd/system/multi-user.target.wants/$MAP &&
+       test -L /etc/systemd/system/dbus-org.distributedstore.Mapper1.service && systemctl is-active $MAP ||
+       { journalctl -u $MAP --no-pager | tail -20; false; }"
   done
 
   say "== D-Bus status and policy"
@@ -363,22 +420,46 @@ full() {
     "nix-store -r $SP $SUBST --option trusted-public-keys '$PUB' && grep -qx '$TOKEN' $SP"
   g "node2: path valid, nix path-info --sigs shows $KEYNAME" node2 \
     "nix-store --check-validity $SP && nix path-info --sigs $SP | tee /dev/stderr | grep -q '$KEYNAME:'"
-  if [ "$NODES" -ge 3 ]; then
-    out=$(x node3 "nix-store -r $SP --option substituters http://127.0.0.1:5496 --option trusted-public-keys '$PUB' &&
-                   grep -qx '$TOKEN' $SP && nix path-info --sigs $SP | grep -q '$KEYNAME:'" 2>&1); local rc=$?
-    if [ $rc = 0 ]; then pass "node3: substitutes through its own proxy (127.0.0.1:5496) from peer node1"
-    elif [ "$PEERS" = 1 ]; then fail "node3: substitutes through its own proxy (127.0.0.1:5496) from peer node1" "$out"
-    else skip "node3: substitutes through its own proxy (127.0.0.1:5496) from peer node1" "peers: fleet issue"
-         printf '%s\n' "$out" | tail -3 | sed 's/^/     | /'; fi
-  fi
+
+  say "== peers: substitution through the node's own proxy, node1 in \`peers\`"
+  SP2=$(val node1 "nix-build /mnt/host/test/hello.nix --argstr token '$TOKEN2' -o /root/result2") \
+    || fail "node1: nix-build a second path (for the peer checks)" "$(tail -20 "$DSVM_RUN/stderr.log")"
+  HASH2=$(basename "$SP2" | cut -c1-32)
+  [ -n "$SP2" ] && pass "node1: nix-build a second path for the peer checks ($SP2)"
+  g "node1: the mapper has indexed the store (IndexedPaths > 0)" node1 \
+    "for i in \$(seq 60); do n=\$(busctl get-property $MAPPER IndexedPaths | cut -d' ' -f2); test \"\$n\" -gt 0 && break; sleep 1; done
+     echo IndexedPaths=\$n; test \"\$n\" -gt 0 && busctl get-property $MAPPER Lookups"
+  # Each peer node: its mapper learns node1's announcement, its proxy relays node1's signed
+  # narinfo (curl first: Nix would remember a 404 for an hour), then Nix substitutes through
+  # 127.0.0.1:5496 and the NAR comes through the fetcher from the peer.
+  for n in "${NODE_LIST[@]}"; do
+    [ "$n" = node1 ] && continue
+    local P_SP=$SP2 P_TOKEN=$TOKEN2 P_HASH=$HASH2
+    # node2 already holds the first path (substituted from node1 directly above); node3 gets it here.
+    [ "$n" = node3 ] && { P_SP=$SP P_TOKEN=$TOKEN P_HASH=$HASH; }
+    g "$n: path absent before" "$n" "! nix-store --check-validity $P_SP 2>/dev/null"
+    g "$n: its mapper learns what node1 holds (PeerPaths > 0 within 90 s)" "$n" \
+      "for i in \$(seq 90); do n=\$(busctl get-property $MAPPER PeerPaths | cut -d' ' -f2); test \"\$n\" -gt 0 && break; sleep 1; done
+       echo PeerPaths=\$n; busctl get-property $MAPPER Peers; test \"\$n\" -gt 0"
+    g "$n: its own proxy (127.0.0.1:5496) relays node1's signed narinfo" "$n" \
+      "for i in \$(seq 30); do o=\$(curl -sf --max-time 10 http://127.0.0.1:5496/$P_HASH.narinfo) && break; sleep 1; done; echo \"\$o\"
+       echo \"\$o\" | grep -qx 'StorePath: $P_SP' && echo \"\$o\" | grep -q '^Sig: $KEYNAME:'"
+    g "$n: nix-store -r through its own proxy (127.0.0.1:5496) from peer node1" "$n" \
+      "nix-store -r $P_SP --option substituters http://127.0.0.1:5496 --option trusted-public-keys '$PUB' \
+         --option narinfo-cache-negative-ttl 0 && grep -qx '$P_TOKEN' $P_SP && nix path-info --sigs $P_SP | grep -q '$KEYNAME:'"
+    g "$n: the NAR came through its fetcher (D-Bus activated by the proxy), from the peer" "$n" \
+      "systemctl is-active $FET && busctl get-property $FETCHER BytesFetched | tee /dev/stderr | grep -q '\"peer\"'"
+  done
   g "node1: SignaturesIssued > 0" node1 \
     "busctl get-property $SIGNER SignaturesIssued | tee /dev/stderr | grep -qE '^t [1-9]'"
   g "node1: proxy Requests counter > 0" node1 \
     "busctl get-property org.distributedstore.Proxy1 /org/distributedstore/Proxy1 org.distributedstore.Proxy1 Requests | tee /dev/stderr | grep -qE '^t [1-9]'"
 
   say "== watchdog, stop, restart"
-  g "node1: proxy and signer never restarted (watchdog kept happy, NRestarts=0)" node1 \
-    "o=\$(systemctl show -p Id,ActiveState,NRestarts $SVC $SIG); echo \"\$o\"; ! echo \"\$o\" | grep '^NRestarts=' | grep -vqx NRestarts=0"
+  for n in "${NODE_LIST[@]}"; do
+    g "$n: proxy, signer, mapper, fetcher never restarted (watchdog kept happy, NRestarts=0)" "$n" \
+      "o=\$(systemctl show -p Id,ActiveState,NRestarts $SVC $SIG $MAP $FET); echo \"\$o\"; ! echo \"\$o\" | grep '^NRestarts=' | grep -vqx NRestarts=0"
+  done
   for n in "${NODE_LIST[@]}"; do
     g "$n: systemctl stop (SIGTERM) -> clean stop" "$n" \
       "timeout 30 systemctl stop $SVC; s=\$(systemctl show -p ActiveState,Result,ExecMainCode,ExecMainStatus $SVC); echo \"\$s\"
@@ -389,8 +470,13 @@ full() {
   g "node1: systemctl stop signer -> clean stop" node1 \
     "timeout 30 systemctl stop $SIG; s=\$(systemctl show -p ActiveState,Result $SIG); echo \"\$s\"; echo \"\$s\" | grep -qx Result=success"
   for n in "${NODE_LIST[@]}"; do
-    g "$n: journalctl -u distributed-store-proxy / -signer: no panic" "$n" \
-      "! journalctl -u $SVC -u $SIG --no-pager | grep -iE 'panic|panicked'"
+    g "$n: systemctl stop mapper and fetcher -> clean stop" "$n" \
+      "timeout 30 systemctl stop $MAP $FET; s=\$(systemctl show -p Id,ActiveState,Result $MAP $FET); echo \"\$s\"
+       ! echo \"\$s\" | grep '^ActiveState=' | grep -vqx ActiveState=inactive && ! echo \"\$s\" | grep '^Result=' | grep -vqx Result=success"
+  done
+  for n in "${NODE_LIST[@]}"; do
+    g "$n: journalctl -u distributed-store-{proxy,signer,mapper,fetcher}: no panic" "$n" \
+      "! journalctl -u $SVC -u $SIG -u $MAP -u $FET --no-pager | grep -iE 'panic|panicked'"
   done
   T_CHECKS=$(since "$t")
 }
@@ -401,7 +487,8 @@ if [ "$FAILED" -gt 0 ] && [ "$MODE" = full ]; then
   say "== journals (tail) for diagnosis"
   for n in "${NODE_LIST[@]}"; do
     say "  -- $n"
-    x "$n" 'journalctl -u distributed-store-proxy.service -u distributed-store-proxy.socket -u distributed-store-signer.service --no-pager -o short-monotonic | tail -30' 2>&1 | sed 's/^/  /'
+    x "$n" 'journalctl -u distributed-store-proxy.service -u distributed-store-proxy.socket -u distributed-store-signer.service \
+             -u distributed-store-mapper.service -u distributed-store-fetcher.service --no-pager -o short-monotonic | tail -40' 2>&1 | sed 's/^/  /'
   done
 fi
 summary
