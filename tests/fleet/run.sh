@@ -121,7 +121,8 @@ NIX
     grep -q '^Sig: fleet-1:' <(hcurl 3 -H 'X-Distributed-Store-Hop: peer' "$(node_url 2)/$h.narinfo")
   # host3 trusts the fleet key (node and client): may need an announce round to learn of it
   r=1
-  for n in $(seq 15); do KEYS="$UPSTREAM_PUB $FLEET_PUB" TIMEOUT=30 subst 3 "$fp" && { r=0; break; }; sleep 1; done
+  local end=$((SECONDS + 15)); n=0
+  while [ "$SECONDS" -lt "$end" ]; do n=$((n + 1)); KEYS="$UPSTREAM_PUB $FLEET_PUB" TIMEOUT=30 subst 3 "$fp" && { r=0; break; }; sleep 1; done
   if [ "$r" = 0 ]; then ok "h3 substitutes the fleet path through its node (attempt $n)"; else bad "h3 substitutes the fleet path"; subst_log 3; fi
   check "h3: fleet path valid and verified" has_paths 3 "$fp"
   check "h3: built-on-host2 content" grep -qx 'built on host2' "$(store_of 3)$fp/msg"
@@ -253,10 +254,13 @@ sc_leader_dies() {
   local i n leader=0 e r
   declare -a P=()
   for i in 1 2 3 4; do subst "$i" "$ROOT_PATH" & P[$i]=$!; done
-  for n in $(seq 300); do
+  local end=$((SECONDS + 30)) alive
+  while [ "$SECONDS" -lt "$end" ]; do
     e=$(egress)
     if [ "$e" -ge $((CLOSURE_BYTES / 4)) ]; then leader=$(top_client); break; fi
-    sleep 0.1
+    alive=0; for i in 1 2 3 4; do kill -0 "${P[$i]}" 2>/dev/null && alive=1; done
+    [ "$alive" = 1 ] || break
+    sleep 0.05
   done
   if [ "$leader" -ge 1 ] && [ "$leader" -le 4 ]; then
     ok "leader (most upstream bytes at $(mb "$e")): h$leader; killed (SIGKILL)"
