@@ -344,13 +344,13 @@ full() {
     "$NOBODY busctl get-property $MAPPER IndexedPaths && $NOBODY busctl get-property $FETCHER CacheBytes"
   g "node1: the user nobody calling Mapper1.Lookup is denied by the D-Bus policy" node1 \
     "out=\$($NOBODY busctl call $MAPPER Lookup sb 00000000000000000000000000000000 false 2>&1); rc=\$?; echo \"\$out\"
-     test \$rc -ne 0 && echo \"\$out\" | grep -qiE 'access denied|AccessDenied'"
+     test \$rc -ne 0 && echo \"\$out\" | grep -qiE 'access denied|AccessDenied|rejected send message'"
   g "node1: the user nobody calling Fetcher1.Held is denied too" node1 \
     "out=\$($NOBODY busctl call $FETCHER Held s 00000000000000000000000000000000 2>&1); rc=\$?; echo \"\$out\"
-     test \$rc -ne 0 && echo \"\$out\" | grep -qiE 'access denied|AccessDenied'"
+     test \$rc -ne 0 && echo \"\$out\" | grep -qiE 'access denied|AccessDenied|rejected send message'"
   g "node1: root's Mapper1.Lookup of an unknown hash is a typed NotFound, not a hang" node1 \
     "out=\$(timeout 30 busctl call $MAPPER Lookup sb 00000000000000000000000000000000 false 2>&1); rc=\$?; echo \"\$out\"
-     test \$rc -ne 0 && test \$rc -ne 124 && ! echo \"\$out\" | grep -qiE 'access denied|AccessDenied'"
+     test \$rc -ne 0 && test \$rc -ne 124 && ! echo \"\$out\" | grep -qiE 'access denied|AccessDenied|rejected send message'"
 
   say "== socket activation (proxy)"
   g "node1: curl http://127.0.0.1:5496/nix-cache-info answers" node1 \
