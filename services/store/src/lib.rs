@@ -14,9 +14,11 @@ use futures::Stream;
 
 mod db;
 mod nar;
+mod scan;
 mod uri;
 
 pub use nar::NAR_CHUNK_SIZE;
+pub use scan::{ScanSummary, ScannedPath, NIX_SCHEMA};
 
 /// Errors from the local store.
 #[derive(Debug, thiserror::Error)]

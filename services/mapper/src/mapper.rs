@@ -1,0 +1,122 @@
+//! The `Mapper` trait: one source of "which NAR is this path, and where can
+//! it be had". Mappers stack: [`Stack`] asks several at once, each under
+//! its own deadline, and the first answer wins. The built-in ones are
+//! [`crate::upstream::UpstreamMapper`], [`crate::fleet::PeerMapper`] and
+//! their composition [`crate::fleet::FleetMapper`]; a folder, HTTP or
+//! external-program mapper is one more `impl Mapper` put in a `Stack`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ds_core::{Locator, NarInfo, StorePathHash};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+
+/// Who is asking, which decides what may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Only the upstream caches (a leader fetching for the fleet).
+    Upstream,
+    /// Everything: peers, then upstreams (the local Nix client).
+    Fleet,
+}
+
+/// An answer: a trusted narinfo and the NAR's locators in preference order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// The narinfo (only signatures this node trusts kept).
+    pub narinfo: NarInfo,
+    /// Where to fetch the NAR, best first.
+    pub locators: Vec<Locator>,
+}
+
+/// A source failed in a way worth logging (a miss is `Ok(None)`).
+#[derive(Debug, thiserror::Error)]
+#[error("mapper {mapper}: {reason}")]
+pub struct MapError {
+    /// The mapper's name.
+    pub mapper: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// A source of mappings.
+pub trait Mapper: Send + Sync {
+    /// Short name for logs (`upstream`, `peers`, `folder:/srv/map`, …).
+    fn name(&self) -> &str;
+    /// Resolve a hash part; `Ok(None)` when this source does not know it.
+    /// Must bound its own time (a [`Stack`] also enforces a deadline).
+    fn lookup<'a>(
+        &'a self,
+        hash: &'a StorePathHash,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<Option<Mapping>, MapError>>;
+}
+
+/// Several mappers asked at once; the first `Some` wins. Each layer has a
+/// deadline after which its answer is not waited for.
+#[derive(Default)]
+pub struct Stack {
+    layers: Vec<(Arc<dyn Mapper>, Duration)>,
+    name: String,
+}
+
+impl Stack {
+    /// An empty stack (answers nothing).
+    pub fn new() -> Self {
+        Stack {
+            layers: Vec::new(),
+            name: "stack".into(),
+        }
+    }
+
+    /// Add a mapper with its deadline.
+    pub fn push(mut self, mapper: Arc<dyn Mapper>, deadline: Duration) -> Self {
+        self.layers.push((mapper, deadline));
+        self.name = format!(
+            "stack({})",
+            self.layers
+                .iter()
+                .map(|(m, _)| m.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        self
+    }
+}
+
+impl Mapper for Stack {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        hash: &'a StorePathHash,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<Option<Mapping>, MapError>> {
+        Box::pin(async move {
+            let mut pending: FuturesUnordered<_> = self
+                .layers
+                .iter()
+                .map(|(m, deadline)| async move {
+                    match tokio::time::timeout(*deadline, m.lookup(hash, scope)).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::debug!(mapper = m.name(), %hash, "no answer within {deadline:?}");
+                            Ok(None)
+                        }
+                    }
+                })
+                .collect();
+            while let Some(r) = pending.next().await {
+                match r {
+                    Ok(Some(m)) => return Ok(Some(m)),
+                    Ok(None) => {}
+                    Err(e) => tracing::info!(%hash, "{e}"),
+                }
+            }
+            Ok(None)
+        })
+    }
+}
