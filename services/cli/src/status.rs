@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use anyhow::Context;
-use ds_dbus::{Proxy1Proxy, Signer1Proxy};
+use ds_dbus::{Fetcher1Proxy, Mapper1Proxy, Proxy1Proxy, Signer1Proxy};
 use zbus::proxy::CacheProperties;
 
 /// Connect to the system bus, or `address` when given.
@@ -43,6 +43,7 @@ pub async fn report(conn: &zbus::Connection) -> anyhow::Result<(String, bool)> {
         writeln!(out, "  uptime         {}s", p.uptime_seconds().await?)?;
         writeln!(out, "  requests       {}", p.requests().await?)?;
         writeln!(out, "  narinfo hits   {}", p.narinfo_hits().await?)?;
+        writeln!(out, "  narinfo remote {}", p.narinfo_remote().await?)?;
         writeln!(out, "  narinfo misses {}", p.narinfo_misses().await?)?;
         writeln!(out, "  NAR bytes sent {}", p.nar_bytes_sent().await?)?;
     } else {
@@ -77,6 +78,77 @@ pub async fn report(conn: &zbus::Connection) -> anyhow::Result<(String, bool)> {
             out,
             "signer ({}): not running (D-Bus activation starts it on the first Sign)",
             ds_dbus::SIGNER_NAME
+        )?;
+    }
+    if running(ds_dbus::MAPPER_NAME).await {
+        let m = Mapper1Proxy::builder(conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        writeln!(out, "mapper ({}): running", ds_dbus::MAPPER_NAME)?;
+        writeln!(out, "  indexed paths  {}", m.indexed_paths().await?)?;
+        writeln!(out, "  index bytes    {}", m.index_bytes().await?)?;
+        writeln!(out, "  peer paths     {}", m.peer_paths().await?)?;
+        let (found, missed) = m.lookups().await?;
+        writeln!(out, "  lookups        {found} found, {missed} not found")?;
+        let last = m.last_sync().await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if last == 0 {
+            writeln!(out, "  last sync      never")?;
+        } else {
+            writeln!(out, "  last sync      {}s ago", now.saturating_sub(last))?;
+        }
+        let peers = m.peers().await?;
+        if peers.is_empty() {
+            writeln!(out, "  peers          (none)")?;
+        }
+        for (url, state, source, ago, paths) in peers {
+            let seen = if ago < 0 {
+                "never seen".to_string()
+            } else {
+                format!("seen {ago}s ago")
+            };
+            writeln!(
+                out,
+                "  peer           {url} {state} ({source}, {seen}, {paths} paths)"
+            )?;
+        }
+    } else {
+        writeln!(
+            out,
+            "mapper ({}): not running (D-Bus activation starts it on the first lookup)",
+            ds_dbus::MAPPER_NAME
+        )?;
+    }
+    if running(ds_dbus::FETCHER_NAME).await {
+        let f = Fetcher1Proxy::builder(conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        writeln!(out, "fetcher ({}): running", ds_dbus::FETCHER_NAME)?;
+        writeln!(
+            out,
+            "  cache          {} NARs, {} of {} bytes",
+            f.cache_entries().await?,
+            f.cache_bytes().await?,
+            f.cache_max_bytes().await?
+        )?;
+        writeln!(out, "  in flight      {}", f.in_flight().await?)?;
+        let mut fetched: Vec<_> = f.bytes_fetched().await?.into_iter().collect();
+        fetched.sort();
+        for (scheme, bytes) in fetched {
+            writeln!(out, "  fetched        {bytes} bytes from {scheme}")?;
+        }
+        writeln!(out, "  failed         {}", f.fetches_failed().await?)?;
+        writeln!(out, "  bad sources    {}", f.verification_failures().await?)?;
+    } else {
+        writeln!(
+            out,
+            "fetcher ({}): not running (D-Bus activation starts it on the first fetch)",
+            ds_dbus::FETCHER_NAME
         )?;
     }
     Ok((out, healthy))

@@ -23,6 +23,31 @@ pub const POLICY: &str = include_str!("../../../dist/dbus-1/system.d/org.distrib
 /// The repo's D-Bus activation file for the signer (`@bindir@` placeholder).
 pub const SIGNER_ACTIVATION: &str =
     include_str!("../../../dist/dbus-1/system-services/org.distributedstore.Signer1.service");
+/// The repo's D-Bus activation file for the mapper.
+pub const MAPPER_ACTIVATION: &str =
+    include_str!("../../../dist/dbus-1/system-services/org.distributedstore.Mapper1.service");
+/// The repo's D-Bus activation file for the fetcher.
+pub const FETCHER_ACTIVATION: &str =
+    include_str!("../../../dist/dbus-1/system-services/org.distributedstore.Fetcher1.service");
+
+/// The D-Bus-activated services: (bus name, activation file name, file).
+const ACTIVATED: [(&str, &str, &str); 3] = [
+    (
+        ds_dbus::SIGNER_NAME,
+        "org.distributedstore.Signer1.service",
+        SIGNER_ACTIVATION,
+    ),
+    (
+        ds_dbus::MAPPER_NAME,
+        "org.distributedstore.Mapper1.service",
+        MAPPER_ACTIVATION,
+    ),
+    (
+        ds_dbus::FETCHER_NAME,
+        "org.distributedstore.Fetcher1.service",
+        FETCHER_ACTIVATION,
+    ),
+];
 
 /// How long the proxy gets to report READY.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -115,7 +140,12 @@ fn find_bindir(opt: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             .map(Path::to_path_buf)
             .context("locating the directory of this executable")?,
     };
-    for b in ["distributed-store-proxy", "distributed-store-signer"] {
+    for b in [
+        "distributed-store-proxy",
+        "distributed-store-signer",
+        "distributed-store-mapper",
+        "distributed-store-fetcher",
+    ] {
         if !dir.join(b).is_file() {
             bail!(
                 "{} not found in {} (build with `cargo build --release`, or pass --bindir)",
@@ -142,6 +172,8 @@ pub fn substituter_url(listen: SocketAddr) -> String {
 
 /// Run the suite in the foreground until Ctrl-C / SIGTERM.
 pub fn up(opts: UpOptions) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM during start-up must still stop what started.
+    install_signal_handlers();
     // 1. Everything that can be wrong in the config is reported before anything starts.
     let config = match &opts.config {
         Some(p) => Config::load(p)?,
@@ -177,10 +209,12 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&policy_dir)?;
     std::fs::create_dir_all(&service_dir)?;
     std::fs::write(policy_dir.join("org.distributedstore.conf"), POLICY)?;
-    std::fs::write(
-        service_dir.join("org.distributedstore.Signer1.service"),
-        SIGNER_ACTIVATION.replace("@bindir@", &bindir.display().to_string()),
-    )?;
+    for (_, file, text) in ACTIVATED {
+        std::fs::write(
+            service_dir.join(file),
+            text.replace("@bindir@", &bindir.display().to_string()),
+        )?;
+    }
     let socket = dir.join("bus.sock");
     let _ = std::fs::remove_file(&socket);
     let bus_conf = dir.join("bus.conf");
@@ -189,14 +223,8 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
 
     // 3. The bus. Activated services inherit its environment.
     let mut env: Vec<(&str, String)> = vec![("DBUS_SYSTEM_BUS_ADDRESS", bus_address.clone())];
-    if let Some(p) = &config_path {
-        env.push(("DISTRIBUTED_STORE_CONFIG", p.display().to_string()));
-    } else {
-        env.push((
-            "DISTRIBUTED_STORE_CONFIG",
-            dir.join("no-config.toml").display().to_string(),
-        ));
-    }
+    let effective = effective_config(config_path.as_deref(), &dir)?;
+    env.push(("DISTRIBUTED_STORE_CONFIG", effective.display().to_string()));
     let mut cmd = Command::new(&dbus_daemon);
     cmd.arg(format!("--config-file={}", bus_conf.display()))
         .arg("--nofork")
@@ -233,6 +261,11 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
         child: cmd.spawn().context("starting the proxy")?,
     };
     wait_ready(&notify, &mut proxy.child)?;
+    // The mapper indexes the store and polls peers from the start, so peers
+    // learn what this node holds before anyone asks.
+    if let Err(e) = start_service(&bus_address, ds_dbus::MAPPER_NAME) {
+        bail!("the mapper did not start: {e:#}");
+    }
 
     // 5. Tell the user what to do.
     let url = substituter_url(config.listen);
@@ -261,12 +294,15 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
 
     // 6. Wait for a signal or an unexpected exit.
     let signals = wait_for_signal_or_exit(&mut proxy.child)?;
-    let signer_pid = signer_pid(&bus_address);
+    let activated_pids: Vec<u32> = ACTIVATED
+        .iter()
+        .filter_map(|(name, _, _)| service_pid(&bus_address, name))
+        .collect();
     proxy.stop();
-    if let Some(pid) = signer_pid {
-        // SAFETY: kill(2) on the signer dbus-daemon spawned for this bus; it
+    for pid in &activated_pids {
+        // SAFETY: kill(2) on a service dbus-daemon spawned for this bus; it
         // exits on its own when the bus goes away, this just hurries it.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
     }
     bus.stop();
     drop(_tmp);
@@ -322,12 +358,15 @@ extern "C" fn on_signal(_: libc::c_int) {
     SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-fn wait_for_signal_or_exit(proxy: &mut Child) -> anyhow::Result<Stop> {
+fn install_signal_handlers() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+}
+
+fn wait_for_signal_or_exit(proxy: &mut Child) -> anyhow::Result<Stop> {
     loop {
         if SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(Stop::Signal);
@@ -364,14 +403,56 @@ fn signer_public_key(bus: &str) -> Option<String> {
     .filter(|k| !k.is_empty())
 }
 
-fn signer_pid(bus: &str) -> Option<u32> {
+fn service_pid(bus: &str, name: &str) -> Option<u32> {
     block_on(async {
         let conn = crate::status::connect(Some(bus)).await.ok()?;
         let dbus = zbus::fdo::DBusProxy::new(&conn).await.ok()?;
-        let name = zbus::names::BusName::try_from(ds_dbus::SIGNER_NAME).ok()?;
+        let name = zbus::names::BusName::try_from(name).ok()?;
         dbus.get_connection_unix_process_id(name).await.ok()
     })
     .flatten()
+}
+
+/// D-Bus-activate `name` now (StartServiceByName) and wait for it.
+fn start_service(bus: &str, name: &str) -> anyhow::Result<()> {
+    block_on(async {
+        let conn = crate::status::connect(Some(bus)).await?;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+        let name = zbus::names::WellKnownName::try_from(name)?;
+        tokio::time::timeout(READY_TIMEOUT, dbus.start_service_by_name(name, 0))
+            .await
+            .context("timed out")??;
+        anyhow::Ok(())
+    })
+    .context("no async runtime")?
+}
+
+/// The config the services read: the user's file, with `stateDirectory`
+/// and `cacheDirectory` defaulting to the runtime dir instead of
+/// /var/lib and /var/cache (a development or test node should not write
+/// to the system's directories unless told to).
+fn effective_config(user: Option<&Path>, dir: &Path) -> anyhow::Result<PathBuf> {
+    let text = match user {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => String::new(),
+    };
+    let table: toml::Table = toml::from_str(&text).context("config")?;
+    let mut head = String::new();
+    for (key, sub) in [("stateDirectory", "state"), ("cacheDirectory", "cache")] {
+        if !table.contains_key(key) {
+            let v = toml::Value::String(dir.join(sub).display().to_string());
+            head.push_str(&format!("{key} = {v}\n"));
+        }
+    }
+    // Prepended: keys after a [table] header would belong to that table.
+    let out = dir.join("config.toml");
+    std::fs::write(
+        &out,
+        format!("# written by distributed-store up\n{head}{text}"),
+    )?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -396,6 +477,24 @@ mod tests {
             substituter_url("[::1]:80".parse().unwrap()),
             "http://[::1]:80"
         );
+    }
+
+    #[test]
+    fn effective_config_keeps_user_keys_and_defaults_dirs_to_the_runtime_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let user = d.path().join("user.toml");
+        std::fs::write(
+            &user,
+            "cacheDirectory = \"/srv/c\"\n[[upstreams]]\nurl = \"http://u:1\"\n",
+        )
+        .unwrap();
+        let out = effective_config(Some(&user), d.path()).unwrap();
+        let c = Config::load(&out).unwrap();
+        assert_eq!(c.state_directory, d.path().join("state"));
+        assert_eq!(c.cache_directory, PathBuf::from("/srv/c"));
+        assert_eq!(c.upstreams.len(), 1);
+        let c = Config::load(&effective_config(None, d.path()).unwrap()).unwrap();
+        assert_eq!(c.cache_directory, d.path().join("cache"));
     }
 
     #[test]
