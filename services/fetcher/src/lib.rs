@@ -1,1 +1,27 @@
-//! distributed-store fetcher (being written).
+//! The fetcher: gets the NAR of a store path through pluggable backends,
+//! verifies it while it streams, and keeps a bounded content-addressed
+//! cache. It serves `org.distributedstore.Fetcher1` on D-Bus; callers (the
+//! proxy) get the read end of a pipe, never bytes inside D-Bus messages.
+//!
+//! - [`backend`]: the [`Backend`] trait and [`Registry`]: one implementation
+//!   per kind of locator (peers and binary-cache files are built in: [`http`]).
+//! - [`Fetcher`]: coalesced downloads (one per NarHash, joined by later
+//!   callers), hedging and resumption across sources, verification, cache.
+//! - [`cache`]: the on-disk layout and LRU eviction.
+//! - [`dbus`]: the D-Bus object and the (best-effort) link to the mapper.
+//!
+//! See docs/fetcher.md.
+
+pub mod backend;
+pub mod cache;
+pub mod dbus;
+mod download;
+mod fetcher;
+pub mod http;
+mod reader;
+
+pub use backend::{Backend, BackendError, ByteStream, Opened, Registry};
+pub use dbus::{DbusMapper, FetcherObject};
+pub use fetcher::{
+    FetchError, Fetcher, FetcherConfig, FetcherStatus, MapperLink, NarPipe, NoMapper,
+};

@@ -1,0 +1,300 @@
+//! One download: sources in preference order, hedged on a slow first byte,
+//! continued from the next source where one broke, verified as a whole.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ds_core::{Locator, NarHasher, NarInfo};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
+
+use crate::backend::{Backend, BackendError, ByteStream};
+use crate::fetcher::Inner;
+use crate::reader::Progress;
+
+/// A source that can be tried: the locator and the backend for it.
+pub(crate) struct Source {
+    pub locator: Locator,
+    pub backend: Arc<dyn Backend>,
+}
+
+impl Source {
+    /// Base URL of a peer source (`peer:` or `lead:`), which the mapper is
+    /// told about when it serves bad data.
+    fn peer_url(&self) -> Option<&str> {
+        match &self.locator {
+            Locator::Peer(u) | Locator::Lead(u) => Some(u),
+            _ => None,
+        }
+    }
+}
+
+/// Why a download failed.
+pub(crate) enum Failure {
+    /// Every source failed (errors listed).
+    Exhausted(String),
+    /// The bytes failed verification (size or hash).
+    Verification(String),
+}
+
+/// A source that answered and delivered its first useful byte(s).
+struct Winner {
+    idx: usize,
+    stream: ByteStream,
+    first: Bytes,
+}
+
+/// Stall limit of a source: no bytes for this long aborts it. Generous
+/// against the first-byte deadline: a peer may itself be waiting on its
+/// upstream mid-stream.
+fn stall(inner: &Inner, deadline: Duration) -> Duration {
+    (deadline * 4).max(inner.config.min_stall)
+}
+
+/// Open source `idx` at `pos` and read up to its first byte at `pos`
+/// (discarding what a source that cannot seek sends before it).
+async fn first_bytes(
+    inner: Arc<Inner>,
+    source_locator: Locator,
+    backend: Arc<dyn Backend>,
+    nar: Arc<NarInfo>,
+    idx: usize,
+    pos: u64,
+) -> (usize, Result<Winner, BackendError>) {
+    let limit = stall(&inner, backend.deadline(&source_locator));
+    let result = async {
+        let opened = timeout(limit, backend.open(&source_locator, &nar, pos))
+            .await
+            .map_err(|_| BackendError::Transport(format!("no answer within {limit:?}")))??;
+        if opened.start > pos {
+            return Err(BackendError::Refused(format!(
+                "asked for byte {pos}, got a stream from {}",
+                opened.start
+            )));
+        }
+        let mut stream = opened.stream;
+        let mut skip = pos - opened.start;
+        loop {
+            let chunk = timeout(limit, stream.next())
+                .await
+                .map_err(|_| BackendError::Transport(format!("no bytes within {limit:?}")))?;
+            let mut chunk = match chunk {
+                Some(c) => c?,
+                None => {
+                    return Err(BackendError::BadData(format!(
+                        "ended before byte {pos} (NarSize {})",
+                        nar.nar_size
+                    )))
+                }
+            };
+            inner.count_bytes(source_locator.scheme(), chunk.len() as u64);
+            if skip > 0 {
+                let n = skip.min(chunk.len() as u64);
+                skip -= n;
+                chunk = chunk.slice(n as usize..);
+            }
+            if !chunk.is_empty() {
+                return Ok(Winner {
+                    idx,
+                    stream,
+                    first: chunk,
+                });
+            }
+        }
+    }
+    .await;
+    (idx, result)
+}
+
+/// Run the download to its end, writing the bytes to `file` and
+/// publishing progress on `tx`. Peers that served bad data are reported to
+/// the mapper on the way (on a hash mismatch: every peer that contributed).
+pub(crate) async fn run(
+    inner: &Arc<Inner>,
+    nar: &Arc<NarInfo>,
+    sources: &[Source],
+    file: &Arc<std::fs::File>,
+    tx: &watch::Sender<Progress>,
+) -> Result<(), Failure> {
+    let nar_size = nar.nar_size;
+    let mut hasher = NarHasher::new();
+    let mut pos = 0u64;
+    let mut untried: BTreeSet<usize> = (0..sources.len()).collect();
+    let mut errors: Vec<String> = Vec::new();
+    let mut contributors: BTreeSet<usize> = BTreeSet::new();
+
+    let fail_source = |idx: usize, e: &BackendError, errors: &mut Vec<String>| {
+        let src = &sources[idx];
+        tracing::info!(source = %src.locator, "source failed: {e}");
+        errors.push(format!("{}: {e}", src.locator));
+        if e.is_bad_data() {
+            inner.stats.count_verification_failure();
+            if let Some(peer) = src.peer_url() {
+                inner.mapper.report_bad(peer, &e.to_string());
+            }
+        }
+    };
+
+    'sources: loop {
+        // Phase 1: find a source that delivers, starting the next one
+        // whenever the newest has not answered within its deadline.
+        let mut pending = FuturesUnordered::new();
+        let mut racing: BTreeSet<usize> = BTreeSet::new();
+        let mut hedge_at: Option<Instant> = None;
+        let winner = loop {
+            let start_next = pending.is_empty() || hedge_at.is_some_and(|t| Instant::now() >= t);
+            if start_next {
+                if let Some(idx) = untried.pop_first() {
+                    let src = &sources[idx];
+                    let deadline = src.backend.deadline(&src.locator);
+                    tracing::debug!(source = %src.locator, pos, "trying source");
+                    pending.push(first_bytes(
+                        inner.clone(),
+                        src.locator.clone(),
+                        src.backend.clone(),
+                        nar.clone(),
+                        idx,
+                        pos,
+                    ));
+                    racing.insert(idx);
+                    hedge_at = Some(Instant::now() + deadline);
+                } else if pending.is_empty() {
+                    return Err(Failure::Exhausted(if errors.is_empty() {
+                        "no usable source".to_string()
+                    } else {
+                        errors.join("; ")
+                    }));
+                } else {
+                    hedge_at = None;
+                }
+            }
+            let hedge = async {
+                match hedge_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some((idx, result)) = pending.next() => match result {
+                    Ok(w) => break w,
+                    Err(e) => {
+                        racing.remove(&idx);
+                        fail_source(idx, &e, &mut errors);
+                    }
+                },
+                _ = hedge => {}
+            }
+        };
+        // Slower sources that were still trying stay candidates for later.
+        drop(pending);
+        let Winner {
+            idx,
+            mut stream,
+            first,
+        } = winner;
+        let winner_idx = idx;
+        let src = &sources[idx];
+        let scheme = src.locator.scheme().to_string();
+        let limit = stall(inner, src.backend.deadline(&src.locator));
+        // Hedged sources that neither won nor failed stay candidates.
+        racing.remove(&winner_idx);
+        untried.extend(racing);
+        let mut next_chunk = Some(first);
+
+        // Phase 2: stream from the winner.
+        loop {
+            let data = match next_chunk.take() {
+                Some(c) => c,
+                None => match timeout(limit, stream.next()).await {
+                    Err(_) => {
+                        let e =
+                            BackendError::Transport(format!("stalled for {limit:?} at byte {pos}"));
+                        fail_source(idx, &e, &mut errors);
+                        continue 'sources;
+                    }
+                    Ok(None) => {
+                        let e = BackendError::BadData(format!(
+                            "ended at byte {pos} of NarSize {nar_size}"
+                        ));
+                        fail_source(idx, &e, &mut errors);
+                        continue 'sources;
+                    }
+                    Ok(Some(Err(e))) => {
+                        fail_source(idx, &e, &mut errors);
+                        continue 'sources;
+                    }
+                    Ok(Some(Ok(c))) => {
+                        inner.count_bytes(&scheme, c.len() as u64);
+                        c
+                    }
+                },
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if pos + data.len() as u64 > nar_size {
+                let e = BackendError::BadData(format!("sent more than NarSize {nar_size} bytes"));
+                fail_source(idx, &e, &mut errors);
+                return Err(Failure::Verification(format!("{}: {e}", src.locator)));
+            }
+            if src.peer_url().is_some() {
+                contributors.insert(idx);
+            }
+            let f = file.clone();
+            let chunk = data.clone();
+            let at = pos;
+            let written = tokio::task::spawn_blocking(move || f.write_all_at(&chunk, at)).await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(Failure::Exhausted(format!("writing the cache file: {e}")))
+                }
+                Err(e) => return Err(Failure::Exhausted(format!("writing the cache file: {e}"))),
+            }
+            hasher.update(&data);
+            pos += data.len() as u64;
+            tx.send_modify(|p| p.written = pos);
+            if pos == nar_size {
+                // All bytes are here; a source that keeps sending is bad.
+                loop {
+                    match timeout(limit, stream.next()).await {
+                        Ok(Some(Ok(c))) if c.is_empty() => continue,
+                        Ok(Some(Ok(c))) => {
+                            inner.count_bytes(&scheme, c.len() as u64);
+                            let e = BackendError::BadData(format!(
+                                "sent more than NarSize {nar_size} bytes"
+                            ));
+                            fail_source(idx, &e, &mut errors);
+                            return Err(Failure::Verification(format!("{}: {e}", src.locator)));
+                        }
+                        // Ended, or broke/stalled after the last byte: the
+                        // bytes are complete either way.
+                        _ => break 'sources,
+                    }
+                }
+            }
+        }
+    }
+
+    let (hash, size) = hasher.finish();
+    if size != nar_size || hash != nar.nar_hash {
+        inner.stats.count_verification_failure();
+        let reason = format!(
+            "NAR verification failed: got {size} bytes with {}, narinfo says {nar_size} bytes with {}",
+            hash.to_nix32_string(),
+            nar.nar_hash.to_nix32_string()
+        );
+        for idx in &contributors {
+            if let Some(peer) = sources[*idx].peer_url() {
+                inner.mapper.report_bad(peer, &reason);
+            }
+        }
+        return Err(Failure::Verification(reason));
+    }
+    Ok(())
+}
