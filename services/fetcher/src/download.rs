@@ -272,6 +272,11 @@ pub(crate) async fn run(
                             fail_source(idx, &e, &mut errors);
                             return Err(Failure::Verification(format!("{}: {e}", src.locator)));
                         }
+                        // The source's own check at its end (FileHash, …).
+                        Ok(Some(Err(e))) if e.is_bad_data() => {
+                            fail_source(idx, &e, &mut errors);
+                            return Err(Failure::Verification(format!("{}: {e}", src.locator)));
+                        }
                         // Ended, or broke/stalled after the last byte: the
                         // bytes are complete either way.
                         _ => break 'sources,

@@ -10,6 +10,8 @@ use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
 use sha2::Digest;
 
+use async_compression::tokio::bufread::{BzDecoder, XzDecoder, ZstdDecoder};
+
 use crate::backend::{Backend, BackendError, ByteStream, Opened};
 
 /// Header telling a peer how it is being asked: `peer` (serve what you hold
@@ -231,18 +233,9 @@ impl Backend for FileBackend {
             .boxed();
             let stream = match codec {
                 Codec::None => compressed,
-                Codec::Xz => decode(
-                    compressed,
-                    async_compression::tokio::bufread::XzDecoder::new,
-                ),
-                Codec::Zstd => decode(
-                    compressed,
-                    async_compression::tokio::bufread::ZstdDecoder::new,
-                ),
-                Codec::Bzip2 => decode(
-                    compressed,
-                    async_compression::tokio::bufread::BzDecoder::new,
-                ),
+                Codec::Xz => decode(compressed, XzDecoder::new, XzDecoder::into_inner),
+                Codec::Zstd => decode(compressed, ZstdDecoder::new, ZstdDecoder::into_inner),
+                Codec::Bzip2 => decode(compressed, BzDecoder::new, BzDecoder::into_inner),
             };
             Ok(Opened { stream, start })
         }
@@ -251,24 +244,44 @@ impl Backend for FileBackend {
 }
 
 /// Run `compressed` through a decoder; errors keep their kind across the
-/// `io::Error` the decoder needs (a decode error is bad data).
-fn decode<D, F>(compressed: ByteStream, make: F) -> ByteStream
+/// `io::Error` the decoder needs (a decode error is bad data). Once the
+/// decoder is done, the rest of the file is still read, so that FileHash
+/// and FileSize are checked to the end (the decoder stops at the end of its
+/// frame and never sees the file end).
+fn decode<D>(compressed: ByteStream, make: fn(Reader) -> D, unwrap: fn(D) -> Reader) -> ByteStream
 where
-    F: FnOnce(tokio_util::io::StreamReader<IoStream, Bytes>) -> D,
-    D: tokio::io::AsyncRead + Send + 'static,
+    D: tokio::io::AsyncRead + Send + Unpin + 'static,
 {
+    use tokio::io::AsyncReadExt;
     let io: IoStream = compressed.map_err(std::io::Error::other).boxed();
     let decoder = make(tokio_util::io::StreamReader::new(io));
-    tokio_util::io::ReaderStream::with_capacity(decoder, 64 * 1024)
-        .map_err(|e| {
-            e.get_ref()
-                .and_then(|inner| inner.downcast_ref::<BackendError>())
-                .cloned()
-                .unwrap_or_else(|| BackendError::BadData(format!("decompressing: {e}")))
-        })
-        .boxed()
+    futures::stream::unfold(Some(decoder), move |state| async move {
+        let mut decoder = state?;
+        let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
+        match decoder.read_buf(&mut buf).await {
+            Ok(0) => {}
+            Ok(_) => return Some((Ok(buf.freeze()), Some(decoder))),
+            Err(e) => return Some((Err(from_io(e)), None)),
+        }
+        let mut rest = unwrap(decoder).into_inner();
+        while let Some(item) = rest.next().await {
+            if let Err(e) = item {
+                return Some((Err(from_io(e)), None));
+            }
+        }
+        None
+    })
+    .boxed()
 }
 
+fn from_io(e: std::io::Error) -> BackendError {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<BackendError>())
+        .cloned()
+        .unwrap_or_else(|| BackendError::BadData(format!("decompressing: {e}")))
+}
+
+type Reader = tokio_util::io::StreamReader<IoStream, Bytes>;
 type IoStream = futures::stream::BoxStream<'static, std::io::Result<Bytes>>;
 
 /// The compressed bytes of one file, across resumed requests, checked
