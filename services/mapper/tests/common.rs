@@ -11,7 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub type Handler = Arc<dyn Fn(&str) -> Option<(u16, String)> + Send + Sync>;
 
 /// Serve `handler` on 127.0.0.1 (one request per connection); returns the base URL.
-pub async fn serve(handler: Handler) -> String {
+pub async fn serve<F>(handler: F) -> String
+where
+    F: Fn(&str) -> Option<(u16, String)> + Send + Sync + 'static,
+{
+    let handler: Handler = Arc::new(handler);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

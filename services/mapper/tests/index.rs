@@ -15,7 +15,10 @@ fn full_scan_of_30k_paths_then_incremental_then_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
     let uri = synthetic_store(&tmp.path().join("store"), 30_000);
-    eprintln!("built a 30,000-row ValidPaths database in {:?}", t0.elapsed());
+    eprintln!(
+        "built a 30,000-row ValidPaths database in {:?}",
+        t0.elapsed()
+    );
     let store = LocalStore::open(&uri).unwrap();
     let state = tmp.path().join("state/sub");
 
@@ -51,7 +54,10 @@ fn full_scan_of_30k_paths_then_incremental_then_restart() {
         .unwrap();
     let t = Instant::now();
     let st = local.update(&store).unwrap();
-    eprintln!("MAPPER-30K: incremental update with deletions in {:?}", t.elapsed());
+    eprintln!(
+        "MAPPER-30K: incremental update with deletions in {:?}",
+        t.elapsed()
+    );
     assert_eq!((st.added, st.removed, st.full), (2, 3, false));
     assert_eq!(local.len(), 29_999);
     assert!(!local.contains(&hash_part(0)) && local.contains(&hash_part(40_000)));
