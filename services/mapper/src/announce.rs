@@ -186,7 +186,9 @@ mod tests {
         assert_eq!(log.delta(4), None, "before the log");
         // Re-added after removal: added.
         log.record(s(&["a"]), vec![]);
-        assert_eq!(log.delta(6), None, "bound of 4 entries dropped batch 6");
+        // The bound of 4 entries dropped batch 6: deltas start at 6 now.
+        assert_eq!(log.delta(5), None, "too old for the log");
+        assert_eq!(log.delta(6), Some((s(&["a", "c"]), vec![])));
         assert_eq!(log.delta(7), Some((s(&["a"]), vec![])));
         assert_eq!(log.reset(), 9);
         assert_eq!(log.delta(8), None);
