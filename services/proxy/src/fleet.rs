@@ -60,6 +60,9 @@ const RESOLVED_TTL: Duration = Duration::from_secs(600);
 /// Bound on remembered resolutions (cleared when full).
 const RESOLVED_MAX: usize = 100_000;
 
+/// Remembered resolutions: (path, upstream only) → (when, what).
+type ResolvedCache = HashMap<(StorePathHash, bool), (Instant, Arc<Resolved>)>;
+
 /// Why a NAR could not be had.
 #[derive(Debug)]
 pub enum FetchError {
@@ -74,7 +77,7 @@ pub struct Fleet {
     conn: Option<zbus::Connection>,
     trusted: Vec<PublicKey>,
     lookup_deadline: Duration,
-    resolved: Mutex<HashMap<(StorePathHash, bool), (Instant, Arc<Resolved>)>>,
+    resolved: Mutex<ResolvedCache>,
 }
 
 impl Fleet {
