@@ -156,7 +156,7 @@ sc_hostile() {
   # shellcheck disable=SC2046
   req=$(hostile_set)
   # shellcheck disable=SC2086
-  all=$(NIX_REMOTE="local?root=$FIXTURE_STORE" nix-store -qR $req | sort)
+  all=$(NIX_REMOTE="local?root=$FIXTURE_STORE" NIX_CONFIG="build-users-group =" nix-store -qR $req 2>/dev/null | sort)
   bytes=0; for p in $all; do bytes=$((bytes + $(path_file_size "$p"))); done
   info "hostile: realising $(echo "$all" | wc -l) paths ($(mb "$bytes") from upstream) per mode"
   for mode in "${MODES[@]}"; do
