@@ -109,6 +109,21 @@ struct RawConfig {
     cache_size: Option<ByteSize>,
     peer_timeout_ms: Option<u64>,
     upstream_timeout_ms: Option<u64>,
+    sign_paths: Option<SignPaths>,
+    discovery: Option<bool>,
+}
+
+/// Which paths the signer signs with this node's key (`signPaths`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SignPaths {
+    /// Only paths this machine built (Nix marks them `ultimate`): a path
+    /// that came from a source only this node trusts is not laundered into
+    /// the fleet key. The default.
+    #[default]
+    Built,
+    /// Every path valid in the local store.
+    All,
 }
 
 /// A size in bytes, written as a number or a string with a K/M/G/T suffix
@@ -187,6 +202,11 @@ pub struct Config {
     pub peer_timeout: std::time::Duration,
     /// `upstreamTimeoutMs`: the same for upstream caches.
     pub upstream_timeout: std::time::Duration,
+    /// `signPaths`: which paths the signer signs.
+    pub sign_paths: SignPaths,
+    /// `discovery`: find peers on the LAN with mDNS/DNS-SD (and announce
+    /// this node), besides the static `peers`.
+    pub discovery: bool,
 }
 
 /// Default `stateDirectory` (systemd `StateDirectory=distributed-store`).
@@ -381,6 +401,8 @@ impl Config {
             DEFAULT_UPSTREAM_TIMEOUT_MS,
         )?;
         Ok(Config {
+            sign_paths: raw.sign_paths.unwrap_or_default(),
+            discovery: raw.discovery.unwrap_or(true),
             state_directory,
             cache_directory,
             cache_size,
@@ -439,6 +461,7 @@ mod tests {
         assert_eq!(c.cache_size, DEFAULT_CACHE_SIZE);
         assert_eq!(c.state_directory, PathBuf::from(DEFAULT_STATE_DIRECTORY));
         assert_eq!(c.peer_timeout.as_millis(), 300);
+        assert_eq!((c.sign_paths, c.discovery), (SignPaths::Built, true));
     }
 
     #[test]
@@ -462,6 +485,8 @@ cacheDirectory = "/srv/ds/cache"
 cacheSize = "2G"
 peerTimeoutMs = 100
 upstreamTimeoutMs = 5000
+signPaths = "all"
+discovery = false
 "#
             ),
             None,
@@ -488,6 +513,7 @@ upstreamTimeoutMs = 5000
         assert_eq!(c.cache_size, 2 << 30);
         assert_eq!(c.peer_timeout.as_millis(), 100);
         assert_eq!(c.upstream_timeout.as_millis(), 5000);
+        assert_eq!((c.sign_paths, c.discovery), (SignPaths::All, false));
         assert_eq!(c.trusted_keys().len(), 1, "the same key twice counts once");
     }
 
@@ -516,6 +542,8 @@ upstreamTimeoutMs = 5000
             ("cacheSize = \"10X\"", "cacheSize"),
             ("cacheSize = \"lots\"", "cacheSize"),
             ("peerTimeoutMs = 0", "peerTimeoutMs"),
+            ("signPaths = \"some\"", "signPaths"),
+            ("discovery = \"yes\"", "discovery"),
             ("upstreamTimeoutMs = 9999999", "upstreamTimeoutMs"),
         ];
         for (text, key) in cases {

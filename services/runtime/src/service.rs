@@ -6,7 +6,10 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's Instant: the same clock as tokio's timers (and pausable in tests).
+use tokio::time::Instant;
 
 use anyhow::Context;
 
