@@ -46,6 +46,7 @@ struct Row {
     nar_size: Option<i64>,
     sigs: Option<String>,
     ca: Option<String>,
+    ultimate: Option<i64>,
 }
 
 impl Db {
@@ -134,7 +135,7 @@ impl Db {
             let tx = conn.unchecked_transaction()?;
             let row = tx
                 .prepare_cached(
-                    "SELECT id, path, hash, deriver, narSize, sigs, ca FROM ValidPaths \
+                    "SELECT id, path, hash, deriver, narSize, sigs, ca, ultimate FROM ValidPaths \
                      WHERE path >= ?1 AND path < ?2 ORDER BY path LIMIT 1",
                 )?
                 .query_row([&lower, &upper], |r| {
@@ -146,6 +147,7 @@ impl Db {
                         nar_size: r.get(4)?,
                         sigs: r.get(5)?,
                         ca: r.get(6)?,
+                        ultimate: r.get(7)?,
                     })
                 })
                 .optional()?;
@@ -247,6 +249,9 @@ fn parse_row(row: Row, refs: Vec<String>) -> Result<PathInfo, StoreError> {
         })
         .collect();
     let ca = row.ca.filter(|c| !c.is_empty());
+    // Nix reads the column the same way (`getInt(..) == 1`): NULL, which it
+    // writes for substituted, imported and added paths, means "not built here".
+    let ultimate = row.ultimate == Some(1);
     Ok(PathInfo {
         path,
         nar_hash,
@@ -255,6 +260,7 @@ fn parse_row(row: Row, refs: Vec<String>) -> Result<PathInfo, StoreError> {
         deriver,
         sigs,
         ca,
+        ultimate,
     })
 }
 

@@ -117,6 +117,12 @@ pub struct PathInfo {
     pub sigs: Vec<Signature>,
     /// Content address, if any (`fixed:r:sha256:…`, `text:sha256:…`).
     pub ca: Option<String>,
+    /// Built on this machine: Nix's `ValidPaths.ultimate` is 1 only for a
+    /// path a local build produced; substituted (`nix copy --from`,
+    /// `nix-store -r`), imported (`nix-store --import`) and added
+    /// (`nix-store --add`, `.drv` files) paths have NULL. See
+    /// `docs/store-access.md`.
+    pub ultimate: bool,
 }
 
 /// An open local store. `Send + Sync`; methods block (call from

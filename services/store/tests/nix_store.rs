@@ -73,6 +73,12 @@ fn assert_same_as_nix(info: &PathInfo, nix: &Json) {
         nix.get("ca").and_then(Json::str),
         "{path}: ca"
     );
+    // `nix path-info --json` writes `"ultimate": true` only when it is.
+    assert_eq!(
+        info.ultimate,
+        nix.get("ultimate") == Some(&Json::Bool(true)),
+        "{path}: ultimate"
+    );
 }
 
 #[test]
@@ -125,6 +131,101 @@ fn path_info_matches_nix() {
     );
     let added_info = store.path_info(&hash_of(&added)).unwrap().unwrap();
     assert!(added_info.ca.unwrap().starts_with("fixed:r:sha256:"));
+}
+
+/// `ultimate` is what the signer's default (`signPaths = "built"`) rests
+/// on: true for what `nix-build` built here, false for the same path
+/// substituted into another store (`nix copy --from file://…`), imported
+/// (`nix-store --import`) or added (`nix-store --add`), and for `.drv` files.
+#[test]
+fn ultimate_only_for_paths_built_here() {
+    require_nix!();
+    let builder = NixEnv::new();
+    let app = builder.build("app");
+    let added = builder.add_file("added.txt", b"not built\n");
+    let key = builder.dir().join("key.sec");
+    let pubkey = builder.dir().join("key.pub");
+    builder.run(
+        "nix-store",
+        &[
+            "--generate-binary-cache-key",
+            "ult-1",
+            key.to_str().unwrap(),
+            pubkey.to_str().unwrap(),
+        ],
+    );
+    let cache = builder.dir().join("cache");
+    let to = format!("file://{}?secret-key={}", cache.display(), key.display());
+    builder.run("nix", &["copy", "--to", &to, &app, &added]);
+    // The closure: an import needs the references valid first.
+    let closure = builder.run_str("nix-store", &["-qR", &app]);
+    let mut export_args = vec!["--export"];
+    export_args.extend(closure.lines());
+    let exported = builder.run("nix-store", &export_args);
+
+    let built = LocalStore::open(&builder.uri()).unwrap();
+    let app_info = built.path_info(&hash_of(&app)).unwrap().unwrap();
+    assert!(app_info.ultimate, "nix-build output is ultimate");
+    let deriver = app_info.deriver.clone().expect("deriver recorded");
+    let drv = built.path_info(deriver.hash()).unwrap().unwrap();
+    assert!(!drv.ultimate, ".drv files are written, not built");
+    let added_info = built.path_info(&hash_of(&added)).unwrap().unwrap();
+    assert!(!added_info.ultimate, "nix-store --add is not a build");
+
+    // The same paths substituted into a second store, signed by the builder.
+    let substituter = NixEnv::new();
+    let trusted = std::fs::read_to_string(&pubkey).unwrap();
+    let from = format!("file://{}", cache.display());
+    substituter.run(
+        "nix",
+        &[
+            "copy",
+            "--from",
+            &from,
+            "--option",
+            "trusted-public-keys",
+            trusted.trim(),
+            &app,
+            &added,
+        ],
+    );
+    let substituted = LocalStore::open(&substituter.uri()).unwrap();
+    for path in [&app, &added] {
+        let info = substituted.path_info(&hash_of(path)).unwrap().unwrap();
+        assert_eq!(
+            (info.nar_hash.clone(), info.ultimate),
+            (
+                built.path_info(&hash_of(path)).unwrap().unwrap().nar_hash,
+                false
+            ),
+            "{path}: same NAR, not ultimate once substituted"
+        );
+    }
+    let app_sub = substituted.path_info(&hash_of(&app)).unwrap().unwrap();
+    assert_eq!(app_sub.sigs.len(), 1, "keeps the builder's signature");
+
+    // And imported (no signature check at all).
+    let importer = NixEnv::new();
+    let mut child = importer
+        .cmd("nix-store")
+        .arg("--import")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&exported).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "nix-store --import");
+    let imported = LocalStore::open(&importer.uri()).unwrap();
+    let info = imported.path_info(&hash_of(&app)).unwrap().unwrap();
+    assert!(!info.ultimate, "nix-store --import is not a build");
+    for nix in substituter.path_info_json(&["--all"]).arr() {
+        let path = nix.get("path").and_then(Json::str).unwrap();
+        assert_same_as_nix(
+            &substituted.path_info(&hash_of(path)).unwrap().unwrap(),
+            nix,
+        );
+    }
 }
 
 #[test]
