@@ -222,3 +222,20 @@ holds_any() {
 # within LIMIT_MS MS: MS <= LIMIT_MS
 le() { [ "$1" -le "$2" ]; }
 ratio_le() { awk -v a="$1" -v b="$2" -v r="$3" 'BEGIN { exit !(a <= b * r) }'; }   # a <= b*r
+
+# wait_converged I...: wait (up to 15 s) until the mapper of every node I lists each of its
+# configured peers as "up" (so all compute the same rendezvous order); a scenario that
+# starts its clients "at the same moment" measures coalescing, not start-up discovery.
+wait_converged() {
+  local i n want up bus
+  for i in "$@"; do
+    want=$(peers_of "$i" | wc -l)
+    for n in $(seq 150); do
+      bus=$(sed -n 's/^DBUS_SYSTEM_BUS_ADDRESS=//p' "$(hdir "$i")/run/up.env" 2>/dev/null)
+      up=$(DBUS_SYSTEM_BUS_ADDRESS=$bus "$BIN/distributed-store" status 2>/dev/null | grep -c '^  peer .* up (')
+      [ "$up" -ge "$want" ] && break
+      sleep 0.1
+    done
+    [ "$up" -ge "$want" ] || { info "h$i: only $up of $want peers up after 15 s"; return 1; }
+  done
+}

@@ -79,6 +79,7 @@ sc_staggered() {
 
 sc_together() {
   start_nodes 1 2 3 4 || return
+  check "all 4 nodes see each other" wait_converged 1 2 3 4
   egress_reset
   local i t0 tf tp ef ep r
   declare -a P=()
@@ -250,6 +251,7 @@ sc_blackhole() {
 sc_leader_dies() {
   stop_upstream; start_upstream 30000000 "$UP_DELAY_MS" || return   # 30 MB/s: ~3 s for the closure
   start_nodes 1 2 3 4 || return
+  check "all 4 nodes see each other" wait_converged 1 2 3 4
   egress_reset
   local i n leader=0 e r
   declare -a P=()

@@ -2,7 +2,7 @@
 //! background polling that keeps both current.
 //!
 //! States: `up` (last poll succeeded), `down` (last poll failed or never
-//! succeeded; probed with backoff 1 s, 2 s, 4 s, 8 s, 10 s, …) and
+//! succeeded; probed with backoff 0.25 s, 0.5 s, 1 s, … 5 s) and
 //! `quarantined` (the fetcher reported bad data: not used as a source and
 //! not counted live for rendezvous for [`QUARANTINE`], though still polled).
 
@@ -21,7 +21,9 @@ use crate::index::Index;
 /// Time between polls of an up peer.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait between probes of a down peer.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First probe interval of a peer that is down.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
 /// How long a peer that served bad data is not used.
 pub const QUARANTINE: Duration = Duration::from_secs(300);
 /// Largest announcement body accepted.
@@ -51,7 +53,31 @@ impl PeerState {
     }
 }
 
-#[derive(Debug, Default)]
+/// Where a peer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Source {
+    /// Config `peers`.
+    #[default]
+    Config,
+    /// Found on the LAN with mDNS/DNS-SD (see [`crate::discovery`]).
+    Mdns,
+}
+
+impl Source {
+    /// As shown on D-Bus (the `source` field of the `Peers` property).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Mdns => "mdns",
+        }
+    }
+}
+
+/// Most peers found by discovery that are kept at once (a noisy or hostile
+/// LAN must not make us poll thousands of addresses).
+pub const MAX_DISCOVERED: usize = 256;
+
+#[derive(Debug)]
 struct Peer {
     epoch: String,
     version: u64,
@@ -60,9 +86,32 @@ struct Peer {
     up: bool,
     last_contact: Option<Instant>,
     quarantined_until: Option<Instant>,
+    source: Source,
+    /// Which poller owns this entry: a peer dropped and found again gets a
+    /// new one, so the old poller stops.
+    generation: u64,
+    added: Instant,
+    /// When its mDNS record went away (discovered peers only).
+    gone_since: Option<Instant>,
 }
 
 impl Peer {
+    fn new(source: Source, generation: u64) -> Self {
+        Peer {
+            epoch: String::new(),
+            version: 0,
+            held: HashSet::new(),
+            inflight: HashSet::new(),
+            up: false,
+            last_contact: None,
+            quarantined_until: None,
+            source,
+            generation,
+            added: Instant::now(),
+            gone_since: None,
+        }
+    }
+
     fn state(&self, now: Instant) -> PeerState {
         if self.quarantined_until.is_some_and(|t| t > now) {
             PeerState::Quarantined
@@ -74,12 +123,38 @@ impl Peer {
     }
 }
 
-/// All configured peers.
+/// What [`Peers::add_discovered`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// A new peer: start a poller with this generation.
+    New(u64),
+    /// Already known (configured, or discovered before): nothing to start.
+    Known,
+    /// Ourselves (by epoch).
+    OurEpoch,
+    /// [`MAX_DISCOVERED`] reached: ignored.
+    Full,
+}
+
+type Restored = HashMap<String, (String, u64, HashSet<String>)>;
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Every peer in display order: configured first, then discovered.
+    order: Vec<String>,
+    map: HashMap<String, Peer>,
+    /// Persisted announcements of peers not (yet) present: a peer that is
+    /// discovered again after a restart continues with a delta.
+    restored: Restored,
+    next_generation: u64,
+}
+
+/// All peers: the configured ones (fixed) and those discovery found.
 #[derive(Debug)]
 pub struct Peers {
     urls: Vec<String>,
     self_epoch: String,
-    map: Mutex<HashMap<String, Peer>>,
+    inner: Mutex<Inner>,
     last_sync: AtomicU64,
 }
 
@@ -126,16 +201,14 @@ pub fn validate(a: &AnnounceJson, epoch: &str, since: u64) -> Result<(), String>
 
 impl Peers {
     /// `urls` from config; `restored` from the index (epoch, version, holdings).
-    pub fn new(
-        urls: &[String],
-        self_epoch: &str,
-        mut restored: HashMap<String, (String, u64, HashSet<String>)>,
-    ) -> Self {
-        let urls: Vec<String> = urls.iter().map(|u| normalise(u)).collect();
+    pub fn new(urls: &[String], self_epoch: &str, mut restored: Restored) -> Self {
+        let mut urls: Vec<String> = urls.iter().map(|u| normalise(u)).collect();
+        let mut seen = HashSet::new();
+        urls.retain(|u| seen.insert(u.clone()));
         let map = urls
             .iter()
             .map(|u| {
-                let mut p = Peer::default();
+                let mut p = Peer::new(Source::Config, 0);
                 if let Some((epoch, version, held)) = restored.remove(u) {
                     p.epoch = epoch;
                     p.version = version;
@@ -145,15 +218,20 @@ impl Peers {
             })
             .collect();
         Peers {
+            inner: Mutex::new(Inner {
+                order: urls.clone(),
+                map,
+                restored,
+                next_generation: 1,
+            }),
             urls,
             self_epoch: self_epoch.to_string(),
-            map: Mutex::new(map),
             last_sync: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Peer>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Configured peer URLs.
@@ -161,34 +239,129 @@ impl Peers {
         &self.urls
     }
 
-    /// The configured URL matching `url` (trailing slash ignored).
+    /// Every peer URL now (configured, then discovered).
+    pub fn all_urls(&self) -> Vec<String> {
+        self.lock().order.clone()
+    }
+
+    /// The known peer URL matching `url` (trailing slash ignored).
     pub fn find(&self, url: &str) -> Option<String> {
         let n = normalise(url);
-        self.urls.iter().find(|u| **u == n).cloned()
+        self.lock().map.contains_key(&n).then_some(n)
     }
 
     /// A peer's state now.
     pub fn state(&self, url: &str) -> Option<PeerState> {
         let now = Instant::now();
-        self.lock().get(url).map(|p| p.state(now))
+        self.lock().map.get(url).map(|p| p.state(now))
+    }
+
+    /// Where a peer came from.
+    pub fn source(&self, url: &str) -> Option<Source> {
+        self.lock().map.get(url).map(|p| p.source)
+    }
+
+    /// The generation of a peer's entry (0 for configured peers); `None`
+    /// once it is dropped. A poller stops when this is no longer its own.
+    pub fn generation(&self, url: &str) -> Option<u64> {
+        self.lock().map.get(url).map(|p| p.generation)
+    }
+
+    /// Add a peer found on the LAN as `url` announcing node id `id`.
+    /// A URL that is configured stays "config"; one seen again is un-marked
+    /// gone.
+    pub fn add_discovered(&self, url: &str, id: &str) -> Added {
+        if id == self.self_epoch {
+            return Added::OurEpoch;
+        }
+        let url = normalise(url);
+        let mut inner = self.lock();
+        if let Some(p) = inner.map.get_mut(&url) {
+            p.gone_since = None;
+            return Added::Known;
+        }
+        let discovered = inner
+            .map
+            .values()
+            .filter(|p| p.source == Source::Mdns)
+            .count();
+        if discovered >= MAX_DISCOVERED {
+            return Added::Full;
+        }
+        let generation = inner.next_generation;
+        inner.next_generation += 1;
+        let mut p = Peer::new(Source::Mdns, generation);
+        if let Some((epoch, version, held)) = inner.restored.remove(&url) {
+            p.epoch = epoch;
+            p.version = version;
+            p.held = held;
+        }
+        inner.order.push(url.clone());
+        inner.map.insert(url, p);
+        Added::New(generation)
+    }
+
+    /// The mDNS record of a discovered peer went away: it is dropped by
+    /// [`Peers::reap`] once it is also not up (a peer that still answers
+    /// is kept; its record may just have expired early).
+    pub fn mark_gone(&self, url: &str) {
+        let mut inner = self.lock();
+        if let Some(p) = inner.map.get_mut(url) {
+            if p.source == Source::Mdns && p.gone_since.is_none() {
+                p.gone_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Drop discovered peers that are gone and not up, that have not
+    /// answered for `down_for`, or whose epoch is that of a configured peer
+    /// (the same node under another address). Returns the dropped URLs.
+    pub fn reap(&self, down_for: Duration) -> Vec<String> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let configured: HashSet<String> = inner
+            .map
+            .values()
+            .filter(|p| p.source == Source::Config && !p.epoch.is_empty())
+            .map(|p| p.epoch.clone())
+            .collect();
+        let drop: Vec<String> = inner
+            .map
+            .iter()
+            .filter(|(_, p)| p.source == Source::Mdns)
+            .filter(|(_, p)| {
+                let silent_since = p.last_contact.unwrap_or(p.added);
+                (p.gone_since.is_some() && !p.up)
+                    || (!p.up && now.duration_since(silent_since) >= down_for)
+                    || (!p.epoch.is_empty() && configured.contains(&p.epoch))
+            })
+            .map(|(u, _)| u.clone())
+            .collect();
+        for u in &drop {
+            inner.map.remove(u);
+        }
+        inner.order.retain(|u| !drop.contains(u));
+        drop
     }
 
     /// What to ask a peer for next: `(its epoch as we know it, version)`.
     pub fn cursor(&self, url: &str) -> (String, u64) {
         self.lock()
+            .map
             .get(url)
             .map(|p| (p.epoch.clone(), p.version))
             .unwrap_or_default()
     }
 
-    /// Status for D-Bus, in config order.
+    /// Status for D-Bus: configured peers in config order, then discovered.
     pub fn status(&self) -> Vec<PeerStatus> {
         let now = Instant::now();
-        let map = self.lock();
-        self.urls
+        let inner = self.lock();
+        inner
+            .order
             .iter()
             .filter_map(|u| {
-                let p = map.get(u)?;
+                let p = inner.map.get(u)?;
                 let ago = p
                     .last_contact
                     .map(|t| now.duration_since(t).as_secs() as i64)
@@ -196,7 +369,7 @@ impl Peers {
                 Some((
                     u.clone(),
                     p.state(now).as_str().to_string(),
-                    "config".to_string(),
+                    p.source.as_str().to_string(),
                     ago,
                     p.held.len() as u64,
                 ))
@@ -205,15 +378,22 @@ impl Peers {
     }
 
     /// Live peers (up, not quarantined, epoch known and not ours): `(url, epoch)`.
+    /// One URL per epoch (the first in order), so a node reachable under two
+    /// addresses counts once for rendezvous.
     pub fn live(&self) -> Vec<(String, String)> {
         let now = Instant::now();
-        let map = self.lock();
-        self.urls
+        let inner = self.lock();
+        let mut epochs = HashSet::new();
+        inner
+            .order
             .iter()
             .filter_map(|u| {
-                let p = map.get(u)?;
-                (p.state(now) == PeerState::Up && !p.epoch.is_empty() && p.epoch != self.self_epoch)
-                    .then(|| (u.clone(), p.epoch.clone()))
+                let p = inner.map.get(u)?;
+                (p.state(now) == PeerState::Up
+                    && !p.epoch.is_empty()
+                    && p.epoch != self.self_epoch
+                    && epochs.insert(p.epoch.clone()))
+                .then(|| (u.clone(), p.epoch.clone()))
             })
             .collect()
     }
@@ -221,11 +401,11 @@ impl Peers {
     /// Live peers that announced `hash`: `(holding it, fetching it now)`.
     pub fn holders(&self, hash: &str) -> (Vec<String>, Vec<String>) {
         let now = Instant::now();
-        let map = self.lock();
+        let inner = self.lock();
         let mut held = Vec::new();
         let mut inflight = Vec::new();
-        for u in &self.urls {
-            let Some(p) = map.get(u) else { continue };
+        for u in &inner.order {
+            let Some(p) = inner.map.get(u) else { continue };
             if p.state(now) != PeerState::Up || p.epoch == self.self_epoch {
                 continue;
             }
@@ -240,9 +420,9 @@ impl Peers {
 
     /// Distinct hash parts announced by peers.
     pub fn distinct_paths(&self) -> u64 {
-        let map = self.lock();
+        let inner = self.lock();
         let mut all: HashSet<&str> = HashSet::new();
-        for p in map.values() {
+        for p in inner.map.values() {
             all.extend(p.held.iter().map(String::as_str));
         }
         all.len() as u64
@@ -255,8 +435,8 @@ impl Peers {
 
     /// Mark a peer down; returns whether it was up before.
     pub fn mark_down(&self, url: &str) -> bool {
-        let mut map = self.lock();
-        match map.get_mut(url) {
+        let mut inner = self.lock();
+        match inner.map.get_mut(url) {
             Some(p) => std::mem::replace(&mut p.up, false),
             None => false,
         }
@@ -269,8 +449,8 @@ impl Peers {
 
     /// Quarantine for `d` (tests use short ones).
     pub fn quarantine_for(&self, url: &str, d: Duration) -> bool {
-        let mut map = self.lock();
-        match map.get_mut(url) {
+        let mut inner = self.lock();
+        match inner.map.get_mut(url) {
             Some(p) => {
                 p.quarantined_until = Some(Instant::now() + d);
                 true
@@ -281,8 +461,10 @@ impl Peers {
 
     /// Apply a validated announcement; the peer is up.
     pub fn apply(&self, url: &str, a: &AnnounceJson) {
-        let mut map = self.lock();
-        let Some(p) = map.get_mut(url) else { return };
+        let mut inner = self.lock();
+        let Some(p) = inner.map.get_mut(url) else {
+            return;
+        };
         if a.full {
             p.held = a.added.iter().cloned().collect();
         } else {
@@ -353,8 +535,8 @@ pub async fn poll_once(
     Ok(())
 }
 
-/// Poll `url` for as long as the runtime lives: every [`POLL_INTERVAL`]
-/// while up; on failure mark it down at once and probe with backoff.
+/// Poll a configured peer for as long as the runtime lives (see
+/// [`poll_peer`]).
 pub async fn poll_loop(
     client: reqwest::Client,
     peers: Arc<Peers>,
@@ -362,14 +544,31 @@ pub async fn poll_loop(
     url: String,
     timeout: Duration,
 ) {
-    let mut backoff = Duration::from_secs(1);
-    loop {
+    poll_peer(client, peers, index, url, 0, timeout).await
+}
+
+/// Poll `url` every [`POLL_INTERVAL`] while up; on failure mark it down at
+/// once and probe with backoff. Returns when the peer's entry is dropped or
+/// is no longer of `generation` (a discovered peer that went away).
+pub async fn poll_peer(
+    client: reqwest::Client,
+    peers: Arc<Peers>,
+    index: Arc<Index>,
+    url: String,
+    generation: u64,
+    timeout: Duration,
+) {
+    // Short first probes: nodes of a fleet often start together, and a peer
+    // not yet seen is left out of the rendezvous order (a second upstream
+    // download) until it is.
+    let mut backoff = MIN_BACKOFF;
+    while peers.generation(&url) == Some(generation) {
         match poll_once(&client, &peers, &index, &url, timeout).await {
             Ok(()) => {
-                if backoff > Duration::from_secs(1) {
+                if backoff > MIN_BACKOFF {
                     tracing::info!(peer = %url, "peer is up");
                 }
-                backoff = Duration::from_secs(1);
+                backoff = MIN_BACKOFF;
                 tokio::time::sleep(POLL_INTERVAL).await;
             }
             Err(e) => {
@@ -383,4 +582,5 @@ pub async fn poll_loop(
             }
         }
     }
+    tracing::debug!(peer = %url, "peer dropped; not polling it any more");
 }
