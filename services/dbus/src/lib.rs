@@ -33,6 +33,11 @@ pub enum SignerError {
     NoKey(String),
     /// The local store could not be read.
     Store(String),
+    /// The path is valid here but this machine did not build it (it was
+    /// substituted, imported or added), and the signer is configured to sign
+    /// only what it built (`signPaths = "built"`, the default). A normal
+    /// answer, not a failure: serve the path with the signatures it has.
+    NotBuiltHere(String),
 }
 
 /// Client side of `org.distributedstore.Signer1`.

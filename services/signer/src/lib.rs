@@ -3,7 +3,13 @@
 //! It serves `org.distributedstore.Signer1` on the system bus. `Sign` takes a
 //! store path, looks it up in the local store itself and signs the
 //! fingerprint it computes from the store's own facts, so a caller can never
-//! get an arbitrary message signed. The D-Bus policy
+//! get an arbitrary message signed.
+//!
+//! By default (`signPaths = "built"`) it signs only paths this machine built
+//! (Nix's `ultimate` flag): a path substituted from a source only this node
+//! trusts, or imported without any signature check, is refused with
+//! `NotBuiltHere` instead of being vouched for with the fleet key.
+//! `signPaths = "all"` signs every valid path. The D-Bus policy
 //! (`dist/dbus-1/system.d/org.distributedstore.conf`) lets only the proxy's
 //! user call it.
 //!
@@ -15,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use ds_runtime::config::SignPaths;
 use ds_runtime::service::Activity;
 
 use ds_core::{SecretKey, StorePath};
@@ -70,6 +77,7 @@ pub struct Signer {
     public_key: String,
     store: Arc<LocalStore>,
     store_name: String,
+    sign_paths: SignPaths,
     issued: AtomicU64,
     refused: AtomicU64,
     activity: Activity,
@@ -77,11 +85,13 @@ pub struct Signer {
 
 impl Signer {
     /// A signer over `store`; without a key every `Sign` fails with `NoKey`.
+    /// `sign_paths` (config `signPaths`) says which valid paths it signs.
     /// `activity` is touched on every call (for idle exit).
     pub fn new(
         key: Option<SecretKey>,
         store: Arc<LocalStore>,
         store_name: String,
+        sign_paths: SignPaths,
         activity: Activity,
     ) -> Self {
         let public_key = key
@@ -93,14 +103,16 @@ impl Signer {
             public_key,
             store,
             store_name,
+            sign_paths,
             issued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             activity,
         }
     }
 
-    /// Sign `store_path` if it is valid in the local store: returns the
-    /// narinfo `Sig:` value.
+    /// Sign `store_path` if it is valid in the local store and, under
+    /// [`SignPaths::Built`], was built here: returns the narinfo `Sig:` value.
+    /// Every refusal (including `NotBuiltHere`) counts in `RequestsRefused`.
     pub async fn sign_path(&self, store_path: &str) -> Result<String, SignerError> {
         let _busy = self.activity.busy();
         let result = self.sign_inner(store_path).await;
@@ -137,6 +149,13 @@ impl Signer {
                 )))
             }
         };
+        if self.sign_paths == SignPaths::Built && !info.ultimate {
+            return Err(SignerError::NotBuiltHere(format!(
+                "{store_path} was not built on this machine (substituted, imported or added to {}); \
+                 it keeps the signatures it came with (signPaths = \"built\"; \"all\" signs it)",
+                self.store_name
+            )));
+        }
         let fp = ds_core::fingerprint(&info.path, &info.nar_hash, info.nar_size, &info.references);
         Ok(key.sign(fp.as_bytes()).to_string())
     }
@@ -144,7 +163,8 @@ impl Signer {
 
 #[interface(name = "org.distributedstore.Signer1")]
 impl Signer {
-    /// Sign a path valid in the local store; returns `keyname:base64`.
+    /// Sign a path valid in the local store (and built here, unless
+    /// `signPaths = "all"`); returns `keyname:base64`.
     async fn sign(&self, store_path: &str) -> Result<String, SignerError> {
         self.sign_path(store_path).await
     }

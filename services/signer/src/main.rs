@@ -44,7 +44,8 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(ds_store::LocalStore::open(&config.store).context("opening the local Nix store")?);
     let store_name = ds_runtime::config::store_display(&config.store);
     let activity = service::Activity::new();
-    let signer = Signer::new(key, store, store_name, activity.clone());
+    tracing::info!(sign_paths = ?config.sign_paths, "signing policy (config signPaths)");
+    let signer = Signer::new(key, store, store_name, config.sign_paths, activity.clone());
     let conn = service::own_name(ds_dbus::SIGNER_NAME, ds_dbus::SIGNER_PATH, signer).await?;
     service::ready("signing");
     tracing::info!("serving {} on the system bus", ds_dbus::SIGNER_NAME);
