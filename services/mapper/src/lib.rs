@@ -7,12 +7,14 @@
 //! - [`announce`]: the announcement JSON ([`announce::AnnounceJson`], also
 //!   used by the proxy) and the change log behind deltas.
 //! - [`peers`]: peer states and polling.
+//! - [`discovery`]: LAN peers via mDNS/DNS-SD (config `discovery`).
 //! - [`mapper`]: the [`mapper::Mapper`] trait and [`mapper::Stack`].
 //! - [`upstream`], [`fleet`]: the upstream and peer mappers and their
 //!   composition with the rendezvous chain.
 //! - [`service`]: the D-Bus object.
 
 pub mod announce;
+pub mod discovery;
 pub mod fleet;
 pub mod http;
 pub mod index;

@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let _tasks = mapper.spawn_tasks(store, config.peer_timeout);
+    let discovery = mapper.start_discovery(&config);
     let object = ds_mapper::service::DbusObject(mapper.clone());
     let conn = service::own_name(ds_dbus::MAPPER_NAME, ds_dbus::MAPPER_PATH, object).await?;
     service::ready("mapping");
@@ -49,5 +50,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let idle = Duration::from_secs(config.idle_exit_sec);
     service::wait_for_stop(&mut signals, &activity, idle, Some(&conn)).await;
+    if let Some(d) = discovery {
+        d.shutdown().await;
+    }
     Ok(())
 }

@@ -331,8 +331,7 @@ impl Peers {
             .filter(|(_, p)| p.source == Source::Mdns)
             .filter(|(_, p)| {
                 let silent_since = p.last_contact.unwrap_or(p.added);
-                (p.gone_since.is_some() && !p.up)
-                    || (!p.up && now.duration_since(silent_since) >= down_for)
+                (!p.up && (p.gone_since.is_some() || now.duration_since(silent_since) >= down_for))
                     || (!p.epoch.is_empty() && configured.contains(&p.epoch))
             })
             .map(|(u, _)| u.clone())

@@ -14,6 +14,7 @@ use ds_store::LocalStore;
 use zbus::interface;
 
 use crate::announce::{AnnounceJson, DEFAULT_LOG_ENTRIES};
+use crate::discovery::Discovery;
 use crate::fleet::{FleetMapper, PeerMapper};
 use crate::index::{Index, IndexError};
 use crate::local::LocalPaths;
@@ -122,7 +123,8 @@ impl MapperService {
 
     /// Start the background work: the local-store scan (a full one for a
     /// fresh index, then every second an incremental one) when a store is
-    /// given, and one poller per peer. They run as long as the runtime.
+    /// given, and one poller per configured peer (discovered ones get theirs
+    /// from [`MapperService::start_discovery`]). They run as long as the runtime.
     pub fn spawn_tasks(
         &self,
         store: Option<Arc<LocalStore>>,
@@ -165,6 +167,30 @@ impl MapperService {
             )));
         }
         tasks
+    }
+
+    /// Start LAN discovery when config `discovery` is on: advertise this
+    /// node at the proxy's `listen` port and poll every peer found. `None`
+    /// when it is off (then no mDNS socket is opened) or could not start
+    /// (logged; configured peers still work).
+    pub fn start_discovery(&self, config: &Config) -> Option<Discovery> {
+        if !config.discovery {
+            tracing::info!("discovery is off: peers come from config only");
+            return None;
+        }
+        match Discovery::start(
+            config.listen,
+            self.local.epoch(),
+            self.peers.clone(),
+            self.index.clone(),
+            config.peer_timeout,
+        ) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::error!("discovery not started: {e}");
+                None
+            }
+        }
     }
 
     /// Lookup as the D-Bus method does (with the short-lived cache).
@@ -267,9 +293,11 @@ impl DbusObject {
     /// A peer served bad data: quarantine it.
     async fn report_bad(&self, peer: &str, reason: &str) -> Result<(), MapperError> {
         self.0.activity.touch();
-        let url = self.0.peers.find(peer).ok_or_else(|| {
-            MapperError::InvalidArgs(format!("{peer:?} is not a configured peer"))
-        })?;
+        let url = self
+            .0
+            .peers
+            .find(peer)
+            .ok_or_else(|| MapperError::InvalidArgs(format!("{peer:?} is not a known peer")))?;
         self.0.peers.quarantine(&url);
         // Answers naming the peer must not be reused.
         self.0
