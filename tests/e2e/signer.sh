@@ -9,7 +9,11 @@
 #   - a path that is not valid in the store gets the typed PathNotValid error,
 #     a non-store path InvalidPath;
 #   - the key comes from $CREDENTIALS_DIRECTORY/signing-key when present, and
-#     never appears in logs, on the bus or in status output.
+#     never appears in logs, on the bus or in status output;
+#   - signPaths: in a store holding a path built there and one substituted
+#     (`nix-store -r` from a file:// cache), the default signs only the built
+#     one and refuses the other with the typed error NotBuiltHere (counted);
+#     `signPaths = "all"` signs the substituted one too.
 # Creates the system users from dist/sysusers.d with systemd-sysusers (idempotent).
 . "$(dirname "$0")/lib.sh"
 need_root; need_bins
@@ -62,6 +66,31 @@ store = \"local?root=$STORE_ROOT\"" && {
   BUS=$UP_DBUS_SYSTEM_BUS_ADDRESS
   check "key read from \$CREDENTIALS_DIRECTORY/signing-key" grep -qxF "s \"$PUBKEY\"" <(prop_as nobody PublicKey)
   check "signs with it" grep -qF "\"$NIX_SIG\"" <(sign_as distributed-store "$APP")
+  check "stops cleanly" down "$UP_PID"
+}
+
+# signPaths. Store "mixed": APP's closure substituted from a file:// cache (signed by
+# the node key: Nix's ValidPaths.ultimate stays NULL), plus a path built there.
+nixc g/store "" "" nix copy --to "file://$W/gcache?secret-key=$KEY_SEC" "$APP" > "$W/gcache.log" 2>&1 || { cat "$W/gcache.log"; bad "nix copy --to file://"; }
+nixc mixed "file://$W/gcache" "$PUBKEY" nix-store -r "$APP" > "$W/mixed.log" 2>&1 || { cat "$W/mixed.log"; bad "nix-store -r from file://"; }
+OWN=$(nixc mixed "" "" nix-build "$W/g/fixture.nix" --argstr salt built-in-mixed -A leaf --no-out-link --quiet 2>>"$W/mixed.log") || { cat "$W/mixed.log"; bad "nix-build in mixed"; }
+MIXED="listen = \"127.0.0.1:$PORT\"
+store = \"local?root=$W/mixed/root\"
+privateKeyFile = \"$KEY_SEC\""
+up mixed-default "$MIXED" && {
+  BUS=$UP_DBUS_SYSTEM_BUS_ADDRESS
+  check "[signPaths default] a path built here is signed" grep -q '^s "ds-test-1:' <(sign_as distributed-store "$OWN")
+  check_fails "[signPaths default] a substituted path: typed error NotBuiltHere" "org.distributedstore.Signer1.Error.NotBuiltHere" dsend "$APP"
+  check_fails "[signPaths default] ... for each path of the substituted closure" "NotBuiltHere" dsend "$LEAF"
+  check "[signPaths default] refusals are counted" grep -q '^t 2$' <(prop_as nobody RequestsRefused)
+  check "[signPaths default] only the built path was signed" grep -q '^t 1$' <(prop_as nobody SignaturesIssued)
+  check "stops cleanly" down "$UP_PID"
+}
+up mixed-all "$MIXED
+signPaths = \"all\"" && {
+  BUS=$UP_DBUS_SYSTEM_BUS_ADDRESS
+  check "[signPaths = all] the substituted path is signed (same signature as nix store sign)" grep -qxF "s \"$NIX_SIG\"" <(sign_as distributed-store "$APP")
+  check "[signPaths = all] nothing refused" grep -q '^t 0$' <(prop_as nobody RequestsRefused)
   check "stops cleanly" down "$UP_PID"
 }
 
