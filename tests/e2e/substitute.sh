@@ -5,6 +5,8 @@
 # trusted key is refused. For each compression: zstd, none, xz. Then the
 # trustless relay: a second node without any key re-serves what it substituted,
 # with the first node's signature, to a third client that trusts only that key.
+# And a relay node WITH its own key adds no signature to what it substituted
+# (signPaths = "built", the default), but does with signPaths = "all".
 . "$(dirname "$0")/lib.sh"
 need_root; need_bins
 echo "== substitute: real nix clients against distributed-store up"
@@ -59,5 +61,28 @@ store = \"local?root=$W/client-zstd/root\"" && {
   check "[relay] narinfo from B carries A's signature and no other" \
     [ "$(narinfo "$UP_DISTRIBUTED_STORE_URL" "$APP" | grep -c '^Sig: ds-test-1:')" = 1 ]
   check "[relay] up stops cleanly" down "$UP_PID"
+}
+nixc relay-key "" "" nix-store --generate-binary-cache-key ds-relay-2 "$W/relay.sec" "$W/relay.pub" || bad "relay key"
+RELAY="listen = \"127.0.0.1:$PORT\"
+store = \"local?root=$W/client-zstd/root\"
+privateKeyFile = \"$W/relay.sec\""
+up node-b-keyed "$RELAY" && {
+  URL=$UP_DISTRIBUTED_STORE_URL
+  for i in 1 2 3; do narinfo "$URL" "$APP" > "$W/relay-narinfo.$i"; done
+  only_a_sig() { [ "$(grep -c '^Sig: ' "$1")" = 1 ] && grep -q '^Sig: ds-test-1:' "$1"; }
+  check "[relay+key] narinfo carries A's signature only, not B's (not built on B)" only_a_sig "$W/relay-narinfo.1"
+  check "[relay+key] the same on every request" cmp "$W/relay-narinfo.1" "$W/relay-narinfo.3"
+  check "[relay+key] a client trusting only A substitutes through B" \
+    nixc client-d "$URL" "$PUBKEY" nix-store -r "$APP"
+  check "[relay+key] the signer refused once per path, not per request" \
+    grep -q '^t [1-4]$' <(busctl --address="$UP_DBUS_SYSTEM_BUS_ADDRESS" get-property org.distributedstore.Signer1 /org/distributedstore/Signer1 org.distributedstore.Signer1 RequestsRefused)
+  check_not "[relay+key] no 'serving without this node's signature' warning" grep -q "without this node's signature" "$W/node-b-keyed/up.log"
+  check "[relay+key] up stops cleanly" down "$UP_PID"
+}
+up node-b-all "$RELAY
+signPaths = \"all\"" && {
+  check "[relay+key, signPaths = all] B adds its own signature" \
+    grep -q '^Sig: ds-relay-2:' <(narinfo "$UP_DISTRIBUTED_STORE_URL" "$APP")
+  check "[relay+key, signPaths = all] up stops cleanly" down "$UP_PID"
 }
 finish
