@@ -159,7 +159,9 @@ let
       "AF_UNIX"
       "AF_INET"
       "AF_INET6"
-    ];
+    ]
+    # discovery (mDNS) lists the interface addresses with getifaddrs (netlink)
+    ++ lib.optional cfg.settings.discovery "AF_NETLINK";
     StateDirectory = "distributed-store";
   };
 
@@ -221,8 +223,9 @@ in
         Open the proxy's TCP port (from {option}`settings.listen`) in the
         firewall, so that peers can fetch from this machine. Peers reach
         everything through that one port: narinfos, NARs and the
-        announcements their mappers poll (`/_ds/v1/announce`). The mapper
-        and the fetcher only make outgoing connections.
+        announcements their mappers poll (`/_ds/v1/announce`). With
+        {option}`settings.discovery` on, UDP port 5353 (mDNS) is opened too.
+        Otherwise the mapper and the fetcher only make outgoing connections.
       '';
     };
 
@@ -388,6 +391,25 @@ in
             '';
           };
 
+          discovery = mkOption {
+            type = types.bool;
+            default = true;
+            description = ''
+              Find peers on the LAN with mDNS/DNS-SD and announce this
+              machine there: the mapper registers service type
+              `_distributed-store._tcp` (instance name: its node id, port:
+              the proxy's from {option}`settings.listen`, TXT `v=1` and
+              `id=`) and polls every other instance it sees, as if it were
+              listed in {option}`settings.peers` (source `mdns`). It uses
+              multicast on 224.0.0.251 / ff02::fb, port 5353/udp;
+              {option}`services.distributed-store.openFirewall` opens that
+              port too. Turn it off on untrusted or routed networks, when the
+              fleet is exactly {option}`settings.peers`, or when nothing may
+              be sent to the LAN unasked. Discovered peers still need
+              {option}`settings.trustedPublicKeys` to be of any use.
+            '';
+          };
+
           idleExitSec = mkOption {
             type = types.ints.unsigned;
             default = 0;
@@ -518,6 +540,8 @@ in
 
       (lib.mkIf cfg.openFirewall {
         networking.firewall.allowedTCPPorts = [ port ];
+        # mDNS queries and answers for discovery (multicast, 5353/udp)
+        networking.firewall.allowedUDPPorts = lib.optional cfg.settings.discovery 5353;
       })
 
       (lib.mkIf cfg.addToSubstituters {

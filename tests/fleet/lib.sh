@@ -128,7 +128,7 @@ toml_list() { local s= x; for x in "$@"; do s="$s${s:+, }\"$x\""; done; echo "[$
 peers_of() { local j; for j in $(seq 1 "$FLEET_N"); do [ "$j" = "$1" ] || node_url "$j"; done; }
 # start_node I [EXTRA_TOML]. Overrides (env, for one call): PEERS="url url" (default: all other
 # fleet hosts), TRUST="key key" (default: the fleet key), KEYFILE=path (default: none),
-# PEER_TIMEOUT_MS. Initialises the host's client store first (the store the node serves).
+# PEER_TIMEOUT_MS, DISCOVERY=true (mDNS discovery; default false). Initialises the host's client store first (the store the node serves).
 start_node() {
   local i=$1 extra=${2:-} d n
   d=$(hdir "$i"); mkdir -p "$d/state" "$d/cache"
@@ -144,7 +144,8 @@ start_node() {
     echo "upstreams = [{ url = \"$(upstream_url)\", publicKeys = [\"$UPSTREAM_PUB\"] }]"
     # shellcheck disable=SC2086
     echo "peers = $(toml_list $peers)"
-    [ "${FLEET_NO_DISCOVERY_KEY:-0}" = 1 ] || echo "discovery = false"   # FLEET_NO_DISCOVERY_KEY=1: for builds without it
+    # LAN discovery off unless DISCOVERY=true: the scenarios rely on exactly the PEERS they set
+    echo "discovery = ${DISCOVERY:-false}"
     echo "stateDirectory = \"$d/state\""
     echo "cacheDirectory = \"$d/cache\""
     echo "cacheSize = \"1G\""

@@ -13,6 +13,8 @@
 #   peer-killed    host1's node SIGKILLed while serving a 56 MiB NAR to host2: host2 still gets it
 #   blackhole      a peer that drops packets costs at most peerTimeoutMs (+ tolerance)
 #   leader-dies    all 4 together, the node fetching upstream is killed: others finish, egress <= 2x
+#   discovery      no static peers, mDNS on: h2 finds h1 (source mdns) and gets the closure from it;
+#                  with discovery off a node has no 5353/udp socket; a stopped node is dropped
 # --selftest validates the harness itself (no distributed-store needed): fixture, upstream.py
 # (rate limit, Range, counters), 4 plain Nix clients through the netns hosts, every hostile mode.
 # Env: DS_BIN (binaries dir), FLEET_FIXTURE_DIR (reuse a built fixture), UP_RATE (bytes/s,
@@ -21,7 +23,7 @@
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
-ALL=(staggered together fleet-key hostile upstream-down peer-killed blackhole leader-dies)
+ALL=(staggered together fleet-key hostile upstream-down peer-killed blackhole leader-dies discovery)
 MODES=(honest wrong-bytes other-nar truncated bad-sig unknown-key other-narinfo drip endless blackhole)
 SELFTEST=0; SCEN=()
 for a in "$@"; do case $a in --selftest) SELFTEST=1 ;; -h|--help) sed -n '2,/^# Last line/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; *) SCEN+=("$a") ;; esac; done
@@ -277,6 +279,49 @@ sc_leader_dies() {
   egress_check "leader-dies" 2
 }
 
+# status_of I: `distributed-store status` of host I's node (its bus from up.env)
+status_of() {
+  local bus; bus=$(sed -n 's/^DBUS_SYSTEM_BUS_ADDRESS=//p' "$(hdir "$1")/run/up.env" 2>/dev/null)
+  DBUS_SYSTEM_BUS_ADDRESS=$bus "$BIN/distributed-store" status 2>&1
+}
+# mdns_sockets I: UDP sockets on port 5353 inside host I (only our node runs there)
+mdns_sockets() { inh "$1" ss -H -uapn 'sport = :5353'; }
+# wait_for T CMD...: retry CMD every 0.2 s for up to T seconds
+wait_for() { local t=$1 n; shift; for n in $(seq $((t * 5))); do "$@" && return 0; sleep 0.2; done; return 1; }
+sees_by_mdns() { status_of "$1" | grep -q "^  peer  *$(node_url "$2") up (mdns,"; }
+lists_peer() { status_of "$1" | grep -q "^  peer  *$(node_url "$2") "; }
+sc_discovery() {
+  local base=$SD t e
+  # discovery off (the harness default): nothing listens on or sends to 5353/udp
+  SD=$base/off; PEERS="" start_node 1 || { SD=$base; return; }
+  sleep 1
+  check "discovery off: no 5353/udp socket in h1 ($(mdns_sockets 1 | wc -l) found)" [ -z "$(mdns_sockets 1)" ]
+  check "discovery off: h1 lists no peers" grep -q '^  peers  *(none)' <(status_of 1)
+  stop_node 1
+  # discovery on, no static peers at all
+  SD=$base/on
+  DISCOVERY=true PEERS="" start_node 1 || { SD=$base; return; }
+  DISCOVERY=true PEERS="" start_node 2 || { SD=$base; return; }
+  check "discovery on: h1's mapper has a 5353/udp socket" grep -q 'distributed-sto' <(mdns_sockets 1)
+  check_subst "h1: nix-store -r ROOT from upstream (no static peers)" 1 "$ROOT_PATH"
+  if timed t wait_for 20 sees_by_mdns 2 1; then ok "h2 lists h1 as a peer from mdns, up, after $(secs "$t") s"
+  else bad "h2 lists h1 as a peer from mdns"; status_of 2 | sed 's/^/       /'; fi
+  check_not "h2 does not list itself" lists_peer 2 2
+  check "h1 lists h2 from mdns" wait_for 10 sees_by_mdns 1 2
+  sleep 1   # one announce round after h1's substitution
+  egress_reset
+  check_subst "h2: nix-store -r ROOT through h1 (found by mDNS)" 2 "$ROOT_PATH"
+  check "h2: whole closure valid and verified" has_paths 2 $CLOSURE
+  e=$(egress)
+  check "upstream egress while h2 substituted: $(mb "$e") (<= 2% of one copy, $(mb "$CLOSURE_BYTES"))" ratio_le "$e" "$CLOSURE_BYTES" 0.02
+  # h1 stops (unregisters): h2 drops it
+  check "h1: Ctrl-C stops the node cleanly" stop_node 1
+  if timed t wait_for 30 eval '! lists_peer 2 1'; then ok "h2 drops the stopped h1 after $(secs "$t") s"
+  else bad "h2 still lists the stopped h1"; status_of 2 | sed 's/^/       /'; fi
+  check "h2: Ctrl-C stops the node cleanly" stop_node 2
+  SD=$base
+}
+
 # ===================================== selftest =====================================
 selftest() {
   SD=$W/selftest; mkdir -p "$SD"
@@ -437,6 +482,7 @@ if [ ${#SCEN[@]} -gt 0 ]; then
       peer-killed) run_scenario peer-killed 90 sc_peer_killed ;;
       blackhole) run_scenario blackhole 90 sc_blackhole ;;
       leader-dies) run_scenario leader-dies 120 sc_leader_dies ;;
+      discovery) run_scenario discovery 120 sc_discovery ;;
     esac
   done
 fi

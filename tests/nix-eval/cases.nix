@@ -95,6 +95,21 @@ in
     };
   };
 
+  discovery-off = {
+    services.distributed-store = {
+      enable = true;
+      openFirewall = true;
+      settings.discovery = false;
+    };
+  };
+
+  discovery-no-firewall = {
+    services.distributed-store = {
+      enable = true;
+      settings.discovery = true;
+    };
+  };
+
   listen-loopback-firewall = {
     services.distributed-store = {
       enable = true;

@@ -145,9 +145,11 @@ def enabled_basics(case, r, assertions_fail=False):
           "StateDirectory" not in ssc and "CacheDirectory" not in ssc, ssc)
     msc = f["services"][MAPPER]["serviceConfig"]
     fsc = f["services"][FETCHER]["serviceConfig"]
-    for name, sc in (("mapper", msc), ("fetcher", fsc)):
-        check(f"{case}: {name} address families (HTTP to peers and upstreams, D-Bus)",
-              sc.get("RestrictAddressFamilies") == INET, sc.get("RestrictAddressFamilies"))
+    # discovery (default on) needs netlink in the mapper: getifaddrs for mDNS
+    disc = tomllib.loads(f["etc"][CONFIG]["text"] or "").get("discovery", True) if CONFIG in f["etc"] else True
+    for name, sc, want in (("mapper", msc, INET + ["AF_NETLINK"] if disc else INET), ("fetcher", fsc, INET)):
+        check(f"{case}: {name} address families (HTTP to peers and upstreams, D-Bus{', netlink for mDNS' if want != INET else ''})",
+              sc.get("RestrictAddressFamilies") == want, sc.get("RestrictAddressFamilies"))
         check(f"{case}: {name} stays on the network (no PrivateNetwork)", "PrivateNetwork" not in sc, sc)
     check(f"{case}: mapper StateDirectory only", msc.get("StateDirectory") == "distributed-store"
           and "CacheDirectory" not in msc, msc)
@@ -214,7 +216,7 @@ def main():
                 "listen": "[::]:5496", "priority": 30, "compression": "zstd", "idleExitSec": 0,
                 "peers": [], "upstreams": [], "trustedPublicKeys": [],
                 "stateDirectory": "/var/lib/distributed-store", "cacheDirectory": "/var/cache/distributed-store",
-                "cacheSize": "10G", "peerTimeoutMs": 300, "upstreamTimeoutMs": 800}, data)
+                "cacheSize": "10G", "peerTimeoutMs": 300, "upstreamTimeoutMs": 800, "discovery": True}, data)
             rd = RUST_DEFAULTS
             check(f"{case}: module defaults = the services' defaults (services/runtime/src/config.rs)",
                   rd is not None and rd["cacheSize"] == "10 << 30" and all(
@@ -227,7 +229,8 @@ def main():
             check(f"{case}: no LoadCredential override without a key", lc is None, lc)
             check(f"{case}: substituters untouched", subs == base["nixSettings"]["substituters"], subs)
             check(f"{case}: trusted keys untouched", keys == base["nixSettings"]["trusted-public-keys"], keys)
-            check(f"{case}: firewall untouched", f["firewallTCP"] == [], f["firewallTCP"])
+            check(f"{case}: firewall untouched", f["firewallTCP"] == [] and f["firewallUDP"] == [],
+                  (f["firewallTCP"], f["firewallUDP"]))
             check(f"{case}: no warnings", f["warnings"] == [], f["warnings"])
 
         elif case == "enabled-with-key":
@@ -296,6 +299,8 @@ def main():
                 "cacheSize": 53687091200, "peerTimeoutMs": 150, "upstreamTimeoutMs": 2000}, data)
             check(f"{case}: peers written in order", data.get("peers") == ["http://build1:5496", "http://build2:5496"], data)
             check(f"{case}: firewall opens the proxy port for the peers", f["firewallTCP"] == [5496], f["firewallTCP"])
+            check(f"{case}: discovery on (default): firewall opens 5353/udp (mDNS)", f["firewallUDP"] == [5353]
+                  and data.get("discovery") is True, (f["firewallUDP"], data.get("discovery")))
             check(f"{case}: custom directories created for distributed-store", sorted(f["tmpfiles"]) == [
                 "d /srv/ds/cache 0700 distributed-store distributed-store - -",
                 "d /srv/ds/state 0700 distributed-store distributed-store - -"], f["tmpfiles"])
@@ -308,6 +313,17 @@ def main():
             check(f"{case}: proxy and signer get no extra writable paths",
                   all("ReadWritePaths" not in f["services"][s]["serviceConfig"] for s in (PROXY, SIGNER)), "")
             check(f"{case}: no warnings", f["warnings"] == [], f["warnings"])
+
+        elif case == "discovery-off":
+            check(f"{case}: discovery = false written", data.get("discovery") is False, data)
+            check(f"{case}: firewall opens the proxy port but not 5353/udp",
+                  f["firewallTCP"] == [5496] and f["firewallUDP"] == [], (f["firewallTCP"], f["firewallUDP"]))
+            check(f"{case}: no warnings", f["warnings"] == [], f["warnings"])
+
+        elif case == "discovery-no-firewall":
+            check(f"{case}: discovery on without openFirewall: no port opened",
+                  data.get("discovery") is True and f["firewallTCP"] == [] and f["firewallUDP"] == [],
+                  (data.get("discovery"), f["firewallTCP"], f["firewallUDP"]))
 
         elif case == "cache-size-text":
             check(f"{case}: cacheSize written as text", data.get("cacheSize") == "1.5T", data)

@@ -59,6 +59,7 @@ let
         text = e.source.text or null;
       }) config.environment.etc;
       firewallTCP = config.networking.firewall.allowedTCPPorts;
+      firewallUDP = config.networking.firewall.allowedUDPPorts;
       nixSettings = config.nix.settings;
       failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
       warnings = config.warnings;

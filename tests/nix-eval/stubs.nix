@@ -170,6 +170,11 @@ in
       default = [ ];
     };
 
+    networking.firewall.allowedUDPPorts = mkOption {
+      type = types.listOf types.port;
+      default = [ ];
+    };
+
     nix.settings = mkOption {
       default = { };
       type = types.submodule {
