@@ -115,7 +115,9 @@ for name, iface, stype in (("mapper", "Mapper1", "StateDirectory"), ("fetcher", 
     check(f"{name} {stype}=distributed-store (and not the other)", sv.get(stype) == ["distributed-store"]
           and not ({"StateDirectory", "CacheDirectory", "RuntimeDirectory"} - {stype}) & set(sv), sv)
     fams = " ".join(sv.get("RestrictAddressFamilies", [])).split()
-    check(f"{name} address families: unix + inet", sorted(fams) == ["AF_INET", "AF_INET6", "AF_UNIX"], fams)
+    want = ["AF_INET", "AF_INET6", "AF_NETLINK", "AF_UNIX"] if name == "mapper" else ["AF_INET", "AF_INET6", "AF_UNIX"]
+    check(f"{name} address families: unix + inet{' + netlink (mDNS lists interfaces)' if name == 'mapper' else ''}",
+          sorted(fams) == want, fams)
     check(f"{name} no credential (the key is the signer's)", "LoadCredential" not in sv, sv.get("LoadCredential"))
     check(f"{name} hardening (ProtectSystem=strict, NoNewPrivileges, empty CapabilityBoundingSet)",
           sv.get("ProtectSystem") == ["strict"] and sv.get("NoNewPrivileges") == ["yes"]

@@ -216,7 +216,7 @@ impl App {
         };
         self.stats.narinfo_hits.fetch_add(1, Ordering::Relaxed);
         let mut sigs = info.sigs.clone();
-        if let Some(sig) = self.signer.sign(&info.path).await {
+        if let Some(sig) = self.signer.sign_info(&info.path, &info.nar_hash).await {
             if !sigs.contains(&sig) {
                 sigs.push(sig);
             }

@@ -35,9 +35,9 @@ enum Answer {
     NotBuiltHere { until: Instant },
 }
 
-/// Cache key: the path, and its NarHash when the caller knows it (see
-/// [`SignerClient::sign`]).
-type Key = (StorePath, Option<Hash>);
+/// Cache key: the path and its NarHash (a path rebuilt with other contents
+/// is asked again).
+type Key = (StorePath, Hash);
 
 /// Client of the signer with a signature cache.
 pub struct SignerClient {
@@ -80,15 +80,8 @@ impl SignerClient {
     /// (`NotBuiltHere`, cached; logged at debug level only), or the signer
     /// is unavailable (logged; the signer is left alone for a while).
     pub async fn sign_info(&self, path: &StorePath, nar_hash: &Hash) -> Option<Signature> {
-        self.sign_keyed((path.clone(), Some(nar_hash.clone())))
+        self.sign_keyed((path.clone(), nar_hash.clone()))
             .await
-    }
-
-    /// Like [`SignerClient::sign_info`] without the NarHash: the cached
-    /// answer is then kept for the path whatever it is rebuilt as. Prefer
-    /// `sign_info`.
-    pub async fn sign(&self, path: &StorePath) -> Option<Signature> {
-        self.sign_keyed((path.clone(), None)).await
     }
 
     async fn sign_keyed(&self, key: Key) -> Option<Signature> {
