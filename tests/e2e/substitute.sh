@@ -7,13 +7,20 @@
 # with the first node's signature, to a third client that trusts only that key.
 # And a relay node WITH its own key adds no signature to what it substituted
 # (signPaths = "built", the default), but does with signPaths = "all".
+# A narinfo whose Sig: is broken in transit (same key name, one character changed) is
+# refused. NIXGEN=2.8|2.26 picks the client generation (lib.sh).
 . "$(dirname "$0")/lib.sh"
 need_root; need_bins
-echo "== substitute: real nix clients against distributed-store up"
+echo "== substitute: real Nix $NIXGEN clients against distributed-store up"
 fixture a || { finish; exit 1; }
 PORT=$(free_port)
 has_sig() { nixc "$1" "" "" nix path-info --sigs "$2" | grep -q -- "$3"; }
 narinfo() { curl -sf --noproxy '*' "$1/${2:11:32}.narinfo"; }
+# what each generation says when no trusted signature verifies:
+#   2.8 nix-store -r: "... is not signed by any of the keys in 'trusted-public-keys'"
+#   2.8 nix copy: "... lacks a valid signature"; 2.26 nix copy: "... lacks a signature by a trusted key"
+NOT_SIGNED='not signed by any of the keys'
+COPY_NOT_SIGNED='lacks a valid signature\|lacks a signature by a trusted key'
 EXPECTED=$(printf '%s\n' "$LEAF" "$LIB" "$BIG" "$APP" | sort | tr '\n' ' ')
 
 # A bad config is refused before anything starts, naming the key.
@@ -39,13 +46,25 @@ compression = \"$comp\"" || continue
   check "[$comp] 12 MiB path byte-identical" cmp "$STORE_ROOT$BIG/blob" "$W/$s/root$BIG/blob"
   check "[$comp] symlink kept as a symlink" [ "$(readlink "$W/$s/root$BIG/link")" = blob ]
   check "[$comp] signature is this node's" has_sig "$s" "$APP" "${PUBKEY%%:*}:"
-  check_fails "[$comp] nix-store -r with a wrong key is refused" "not signed by any of the keys" \
+  check_fails "[$comp] nix-store -r with a wrong key is refused" "$NOT_SIGNED" \
     nixc "$s-wrong" "$URL" "$WRONG_PUBKEY" nix-store -r "$APP"
   check_not "[$comp] nothing valid after the refused attempt" nixc "$s-wrong" "" "" nix-store --check-validity "$APP"
-  check_fails "[$comp] nix copy --from with a wrong key is refused" "lacks a valid signature" \
+  check_fails "[$comp] nix copy --from with a wrong key is refused" "$COPY_NOT_SIGNED" \
     nixc "$s-copy-wrong" "$URL" "$WRONG_PUBKEY" nix copy --from "$URL" "$APP"
   check "[$comp] content-addressed path needs no signature" nixc "$s-ca" "$URL" "$WRONG_PUBKEY" nix-store -r "$CA"
   if [ "$comp" = zstd ]; then
+    # A forwarder that breaks every narinfo signature (key name kept, one character changed).
+    TPORT=$(free_port)
+    python3 "$E2E/http-recorder.py" "$URL" "$TPORT" "$W/badsig.log" --break-sig & PIDS+=($!)
+    wait_port "$TPORT" || bad "tampering forwarder did not start"
+    T="http://127.0.0.1:$TPORT"
+    sig_broken() { local a b; a=$(narinfo "$URL" "$APP" | grep '^Sig: ') && b=$(narinfo "$T" "$APP" | grep '^Sig: ') &&
+      [ "${a%%:*}" = "${b%%:*}" ] && [ "$a" != "$b" ]; }
+    check "[zstd] broken signature: the forwarder changed the Sig: and kept the key name" sig_broken
+    check_fails "[zstd] broken signature: nix-store -r refuses it" "$NOT_SIGNED" nixc "$s-badsig" "$T" "$PUBKEY" nix-store -r "$APP"
+    check_not "[zstd] broken signature: nothing valid afterwards" nixc "$s-badsig" "" "" nix-store --check-validity "$APP"
+    check_fails "[zstd] broken signature: nix copy --from refuses it" "$COPY_NOT_SIGNED" \
+      nixc "$s-badsig-copy" "$T" "$PUBKEY" nix copy --from "$T" "$APP"
     check "[zstd] distributed-store status shows the proxy and the signer" \
       grep -q 'signatures     [1-9]' <(DBUS_SYSTEM_BUS_ADDRESS=$UP_DBUS_SYSTEM_BUS_ADDRESS "$BIN/distributed-store" status)
   fi
