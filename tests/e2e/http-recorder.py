@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
 """A recording, fault-injecting HTTP forwarder between a Nix client and our proxy (tests only,
 127.0.0.1). Every request is appended to LOG as one JSON line: client port (one per TCP
-connection), method, path, request headers, status sent. Faults, chosen by options:
+connection), method, path, request headers, status sent, start and end times (t0, t1). Faults, chosen by options:
   --break-sig        rewrite every narinfo `Sig:` so it no longer verifies (same key name,
                      well-formed base64, one character changed)
   --fail-nar N       answer the first N NAR requests of each NAR with 500
+  --fail-narinfo N   answer the first N requests of each narinfo with 500
   --truncate-nar     send the first GET of each NAR with its full Content-Length but only half
                      the body, then close the connection (a dropped download)
 Usage: http-recorder.py UPSTREAM_URL PORT LOG [options]"""
-import http.server, json, sys, threading, urllib.error, urllib.request
+import http.server, json, sys, threading, time, urllib.error, urllib.request
 
 upstream, port, log_path = sys.argv[1].rstrip("/"), int(sys.argv[2]), sys.argv[3]
 opts = sys.argv[4:]
 BREAK_SIG = "--break-sig" in opts
 FAIL_NAR = int(opts[opts.index("--fail-nar") + 1]) if "--fail-nar" in opts else 0
+FAIL_NARINFO = int(opts[opts.index("--fail-narinfo") + 1]) if "--fail-narinfo" in opts else 0
 TRUNCATE = "--truncate-nar" in opts
 lock = threading.Lock()
 seen = {}  # NAR path -> requests so far
@@ -23,7 +25,8 @@ opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def record(h, status):
     with lock, open(log_path, "a") as f:
         f.write(json.dumps({"conn": h.client_address[1], "method": h.command, "path": h.path,
-                            "headers": dict(h.headers.items()), "status": status}) + "\n")
+                            "headers": dict(h.headers.items()), "status": status,
+                            "t0": h.t0, "t1": time.monotonic()}) + "\n")
 
 
 def break_sig(body):
@@ -43,10 +46,11 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 
     def answer(self, head_only):
+        self.t0 = time.monotonic()
         is_nar = self.path.startswith("/nar/")
         with lock:
             n = seen[self.path] = seen.get(self.path, 0) + 1
-        if is_nar and n <= FAIL_NAR:
+        if (is_nar and n <= FAIL_NAR) or (self.path.endswith(".narinfo") and n <= FAIL_NARINFO):
             record(self, 500)
             self.send_response(500); self.send_header("Content-Length", "0"); self.end_headers()
             return
@@ -62,7 +66,6 @@ class H(http.server.BaseHTTPRequestHandler):
         status = r.status if hasattr(r, "status") else r.code
         if BREAK_SIG and self.path.endswith(".narinfo") and status == 200:
             body = break_sig(body)
-        record(self, status)
         self.send_response(status)
         for k, v in r.headers.items():
             if k.lower() in ("content-type", "content-range", "accept-ranges", "content-encoding"):
@@ -73,10 +76,12 @@ class H(http.server.BaseHTTPRequestHandler):
             self.send_header("Connection", "close"); self.end_headers()
             self.wfile.write(body[: len(body) // 2]); self.wfile.flush()
             self.close_connection = True
+            record(self, f"{status} truncated")
             return
         self.end_headers()
         if not head_only:
             self.wfile.write(body)
+        record(self, status)
 
     def do_GET(self):
         self.answer(False)
