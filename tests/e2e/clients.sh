@@ -14,7 +14,7 @@
 ONLY_GEN=${NIXGEN:-}
 . "$(dirname "$0")/lib.sh"
 need_root; need_bins
-echo "== what the proxy sees from Nix ${NIXGEN:-2.8 and 2.26}"
+echo "== what the proxy sees from Nix ${ONLY_GEN:-2.8 and 2.26}"
 BIG_MIB=4 fixture o || { finish; exit 1; }
 PORT=$(free_port)
 up node "listen = \"127.0.0.1:$PORT\"
