@@ -31,12 +31,19 @@ case $cmd in
         grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'; } | grep -v -- '-security' | head -n1 || true)}
       [ -n "$mirror" ] || { echo "no Debian mirror in apt sources; set TESTBED_MIRROR" >&2; exit 2; }
       mkdir -p "$(dirname "$dir")"
-      # a half-made chroot from an interrupted run is started over
-      rm -rf "$dir"
+      # a half-made chroot from an interrupted or failed run is started over; anything else
+      # in the way is left alone
+      if [ -d "$dir" ] && [ -n "$(ls -A "$dir")" ]; then
+        [ -d "$dir/debootstrap" ] || [ -f "$dir/etc/debian_version" ] ||
+          { echo "$dir exists and is not a debootstrap chroot: not touching it" >&2; exit 2; }
+        rm -rf --one-file-system "$dir"
+      fi
       debootstrap --variant=minbase --include=nix-bin,ca-certificates,busybox-static trixie "$dir" \
         "$mirror" >"$dir.debootstrap.log" 2>&1 || true
     fi
-    "$0" check "$dir" || { echo "no working nix in $dir (see $dir.debootstrap.log)" >&2; exit 1; } ;;
+    "$0" check "$dir" || {
+      err=$(grep '^E: ' "$dir.debootstrap.log" 2>/dev/null | tail -n1 || true)
+      echo "no working nix in $dir (debootstrap: ${err:-see $dir.debootstrap.log})" >&2; exit 1; } ;;
   check)
     [ -x "$dir/usr/bin/nix" ] || exit 1
     "$0" run "$dir" nix --version ;;
