@@ -188,11 +188,21 @@ kill_node_hard() {
 }
 # nixh I CMD...: host I's Nix client (store SD/hI/client/root = what its node serves), inside
 # its netns; only substituter: its own node; trusts KEYS (default: the upstream key).
+# Hosts listed in NIX226_HOSTS ("3 ..."; set by a scenario) run Debian trixie's Nix 2.26 from
+# the chroot dev/setup makes (tests/e2e/lib.sh nix_gen), on the same store paths.
 nixh() {
   local i=$1; shift
   ( . "$TESTBED/nix-env.sh" "$(hdir "$i")/client" "$(node_url "$i")" "${KEYS-$UPSTREAM_PUB}"
-    "$NB" exec "$i" "$@" )
+    if host_nix226 "$i"; then
+      NIX_CONFIG=$(sed 's/^sandbox = true$/sandbox = false/' <<<"$NIX_CONFIG") MODERN_NIX_BIND=$(dirname "$W") \
+        "$NB" exec "$i" "$MODERN_NIX" run "$MODERN_NIX_DIR" "$@"
+    else
+      "$NB" exec "$i" "$@"
+    fi )
 }
+host_nix226() { case " ${NIX226_HOSTS:-} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+# gen_of I: "2.26" or "2.8", host I's client generation (for labels)
+gen_of() { if host_nix226 "$1"; then echo 2.26; else echo 2.8; fi; }
 # nixp I STATE CMD...: a plain Nix client in host I whose substituter is upstream directly.
 nixp() {
   local i=$1 s=$2; shift 2
