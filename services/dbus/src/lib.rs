@@ -234,6 +234,17 @@ pub trait Fetcher1 {
         offset: u64,
     ) -> Result<zbus::zvariant::OwnedFd, FetcherError>;
 
+    /// Like `Fetch` from byte 0, but the pipe carries nothing until the
+    /// whole NAR verified; if every source fails (or lies), it closes
+    /// without a byte. What a Nix client is given: Nix does not retry a NAR
+    /// transfer that broke half-way, so a lying source must be replaced by
+    /// another before anything reaches it.
+    fn fetch_verified(
+        &self,
+        narinfo: &str,
+        locators: Vec<String>,
+    ) -> Result<zbus::zvariant::OwnedFd, FetcherError>;
+
     /// The narinfo of a NAR this fetcher holds in its cache or is fetching
     /// now, for a store path hash part; `NotFound` otherwise.
     fn held(&self, hash: &str) -> Result<String, FetcherError>;

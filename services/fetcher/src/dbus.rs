@@ -46,6 +46,17 @@ impl FetcherObject {
         Ok(zbus::zvariant::OwnedFd::from(fd))
     }
 
+    /// Like `Fetch` from byte 0, but the pipe carries nothing until the
+    /// whole NAR verified (what a Nix client is given).
+    async fn fetch_verified(
+        &self,
+        narinfo: &str,
+        locators: Vec<String>,
+    ) -> Result<zbus::zvariant::OwnedFd, FetcherError> {
+        let fd = self.fetcher.fetch_verified(narinfo, &locators).await?;
+        Ok(zbus::zvariant::OwnedFd::from(fd))
+    }
+
     /// The narinfo of a NAR held (cached or in flight) for a store path
     /// hash part.
     async fn held(&self, hash: &str) -> Result<String, FetcherError> {
@@ -159,5 +170,31 @@ impl MapperLink for DbusMapper {
         self.call("SetFetching", move |m| async move {
             m.set_fetching(&hash, fetching).await
         });
+    }
+
+    fn upstream_locators(&self, hash32: &str) -> futures::future::BoxFuture<'static, Vec<String>> {
+        let conn = self.conn.get().cloned();
+        let hash = hash32.to_string();
+        Box::pin(async move {
+            let Some(conn) = conn else {
+                return Vec::new();
+            };
+            let lookup = async {
+                let proxy = ds_dbus::Mapper1Proxy::builder(&conn)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await
+                    .map_err(ds_dbus::MapperError::ZBus)?;
+                proxy.lookup(&hash, true).await
+            };
+            match tokio::time::timeout(MAPPER_CALL_TIMEOUT, lookup).await {
+                Ok(Ok((_, locators))) => locators,
+                Ok(Err(e)) => {
+                    tracing::debug!(hash, "no upstream fallback: {e}");
+                    Vec::new()
+                }
+                Err(_) => Vec::new(),
+            }
+        })
     }
 }

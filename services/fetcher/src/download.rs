@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ds_core::{Locator, NarHasher, NarInfo};
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -111,195 +112,272 @@ async fn first_bytes(
     (idx, result)
 }
 
+/// A source must deliver at least this much per stall period once it
+/// streams: a peer that drips a byte now and then is as bad as a dead one.
+const MIN_PROGRESS: u64 = 64 * 1024;
+/// Starts over from byte 0 after a verification failure, at most.
+const MAX_RESTARTS: u32 = 3;
+
 /// Run the download to its end, writing the bytes to `file` and
 /// publishing progress on `tx`. Peers that served bad data are reported to
 /// the mapper on the way (on a hash mismatch: every peer that contributed).
+///
+/// When every source failed, `fallback` (the upstream caches, asked of the
+/// mapper) is tried once, from the byte reached. When the whole NAR fails
+/// verification, the download starts over from byte 0 without the peers
+/// that contributed to it (readers that passed bytes on give up; readers
+/// waiting for a verified NAR do not notice).
 pub(crate) async fn run(
     inner: &Arc<Inner>,
     nar: &Arc<NarInfo>,
-    sources: &[Source],
+    mut sources: Vec<Source>,
+    fallback: BoxFuture<'static, Vec<String>>,
     file: &Arc<std::fs::File>,
     tx: &watch::Sender<Progress>,
 ) -> Result<(), Failure> {
     let nar_size = nar.nar_size;
-    let mut hasher = NarHasher::new();
-    let mut pos = 0u64;
-    let mut untried: BTreeSet<usize> = (0..sources.len()).collect();
-    let mut errors: Vec<String> = Vec::new();
-    let mut contributors: BTreeSet<usize> = BTreeSet::new();
-
-    let fail_source = |idx: usize, e: &BackendError, errors: &mut Vec<String>| {
-        let src = &sources[idx];
-        tracing::info!(source = %src.locator, "source failed: {e}");
-        errors.push(format!("{}: {e}", src.locator));
-        if e.is_bad_data() {
-            inner.stats.count_verification_failure();
-            if let Some(peer) = src.peer_url() {
-                inner.mapper.report_bad(peer, &e.to_string());
-            }
+    let mut fallback = Some(fallback);
+    let mut banned: BTreeSet<usize> = BTreeSet::new();
+    let mut restarts = 0u32;
+    'attempts: loop {
+        let mut hasher = NarHasher::new();
+        let mut pos = 0u64;
+        let mut untried: BTreeSet<usize> =
+            (0..sources.len()).filter(|i| !banned.contains(i)).collect();
+        let mut errors: Vec<String> = Vec::new();
+        let mut contributors: BTreeSet<usize> = BTreeSet::new();
+        // On a verification failure: ban the peers that contributed, start over.
+        macro_rules! start_over {
+            ($reason:expr) => {{
+                let reason: String = $reason;
+                let peers: Vec<usize> = contributors
+                    .iter()
+                    .copied()
+                    .filter(|i| sources[*i].peer_url().is_some())
+                    .collect();
+                for idx in &peers {
+                    if let Some(peer) = sources[*idx].peer_url() {
+                        inner.mapper.report_bad(peer, &reason);
+                    }
+                }
+                restarts += 1;
+                if peers.is_empty() || restarts > MAX_RESTARTS {
+                    return Err(Failure::Verification(reason));
+                }
+                tracing::warn!(path = %nar.store_path, "{reason}; starting over without the peers that sent it");
+                banned.extend(peers);
+                tx.send_modify(|p| {
+                    p.written = 0;
+                    p.generation += 1;
+                });
+                continue 'attempts;
+            }};
         }
-    };
 
-    'sources: loop {
-        // Phase 1: find a source that delivers, starting the next one
-        // whenever the newest has not answered within its deadline.
-        let mut pending = FuturesUnordered::new();
-        let mut racing: BTreeSet<usize> = BTreeSet::new();
-        let mut hedge_at: Option<Instant> = None;
-        let winner = loop {
-            let start_next = pending.is_empty() || hedge_at.is_some_and(|t| Instant::now() >= t);
-            if start_next {
-                if let Some(idx) = untried.pop_first() {
-                    let src = &sources[idx];
-                    let deadline = src.backend.deadline(&src.locator);
-                    tracing::debug!(source = %src.locator, pos, "trying source");
-                    pending.push(first_bytes(
-                        inner.clone(),
-                        src.locator.clone(),
-                        src.backend.clone(),
-                        nar.clone(),
-                        idx,
-                        pos,
-                    ));
-                    racing.insert(idx);
-                    hedge_at = Some(Instant::now() + deadline);
-                } else if pending.is_empty() {
-                    return Err(Failure::Exhausted(if errors.is_empty() {
-                        "no usable source".to_string()
-                    } else {
-                        errors.join("; ")
-                    }));
-                } else {
-                    hedge_at = None;
-                }
-            }
-            let hedge = async {
-                match hedge_at {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                Some((idx, result)) = pending.next() => match result {
-                    Ok(w) => break w,
-                    Err(e) => {
-                        racing.remove(&idx);
-                        fail_source(idx, &e, &mut errors);
-                    }
-                },
-                _ = hedge => {}
-            }
-        };
-        // Slower sources that were still trying stay candidates for later.
-        drop(pending);
-        let Winner {
-            idx,
-            mut stream,
-            first,
-        } = winner;
-        let winner_idx = idx;
-        let src = &sources[idx];
-        let scheme = src.locator.scheme().to_string();
-        let limit = stall(inner, src.backend.deadline(&src.locator));
-        // Hedged sources that neither won nor failed stay candidates.
-        racing.remove(&winner_idx);
-        untried.extend(racing);
-        let mut next_chunk = Some(first);
-
-        // Phase 2: stream from the winner.
-        loop {
-            let data = match next_chunk.take() {
-                Some(c) => c,
-                None => match timeout(limit, stream.next()).await {
-                    Err(_) => {
-                        let e =
-                            BackendError::Transport(format!("stalled for {limit:?} at byte {pos}"));
-                        fail_source(idx, &e, &mut errors);
-                        continue 'sources;
-                    }
-                    Ok(None) => {
-                        let e = BackendError::BadData(format!(
-                            "ended at byte {pos} of NarSize {nar_size}"
+        'sources: loop {
+            // Phase 1: find a source that delivers, starting the next one
+            // whenever the newest has not answered within its deadline.
+            let mut pending = FuturesUnordered::new();
+            let mut racing: BTreeSet<usize> = BTreeSet::new();
+            let mut hedge_at: Option<Instant> = None;
+            let winner = loop {
+                let start_next =
+                    pending.is_empty() || hedge_at.is_some_and(|t| Instant::now() >= t);
+                if start_next {
+                    if let Some(idx) = untried.pop_first() {
+                        let src = &sources[idx];
+                        let deadline = src.backend.deadline(&src.locator);
+                        tracing::debug!(source = %src.locator, pos, "trying source");
+                        pending.push(first_bytes(
+                            inner.clone(),
+                            src.locator.clone(),
+                            src.backend.clone(),
+                            nar.clone(),
+                            idx,
+                            pos,
                         ));
-                        fail_source(idx, &e, &mut errors);
-                        continue 'sources;
+                        racing.insert(idx);
+                        hedge_at = Some(Instant::now() + deadline);
+                    } else if pending.is_empty() {
+                        // Last resort: the upstream caches, once.
+                        if let Some(more) = fallback.take() {
+                            let known: BTreeSet<String> =
+                                sources.iter().map(|s| s.locator.to_string()).collect();
+                            let extra: Vec<String> = more
+                                .await
+                                .into_iter()
+                                .filter(|l| !known.contains(l))
+                                .collect();
+                            let first_new = sources.len();
+                            sources.extend(inner.sources_for(&extra));
+                            if sources.len() > first_new {
+                                tracing::info!(
+                                    path = %nar.store_path,
+                                    pos,
+                                    "every source failed; trying the upstream caches"
+                                );
+                                untried.extend(first_new..sources.len());
+                                continue;
+                            }
+                        }
+                        return Err(Failure::Exhausted(if errors.is_empty() {
+                            "no usable source".to_string()
+                        } else {
+                            errors.join("; ")
+                        }));
+                    } else {
+                        hedge_at = None;
                     }
-                    Ok(Some(Err(e))) => {
-                        fail_source(idx, &e, &mut errors);
-                        continue 'sources;
+                }
+                let hedge = async {
+                    match hedge_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
                     }
-                    Ok(Some(Ok(c))) => {
-                        inner.count_bytes(&scheme, c.len() as u64);
-                        c
-                    }
-                },
+                };
+                tokio::select! {
+                    Some((idx, result)) = pending.next() => match result {
+                        Ok(w) => break w,
+                        Err(e) => {
+                            racing.remove(&idx);
+                            fail_source(inner, &sources[idx], &e, &mut errors);
+                        }
+                    },
+                    _ = hedge => {}
+                }
             };
-            if data.is_empty() {
-                continue;
-            }
-            if pos + data.len() as u64 > nar_size {
-                let e = BackendError::BadData(format!("sent more than NarSize {nar_size} bytes"));
-                fail_source(idx, &e, &mut errors);
-                return Err(Failure::Verification(format!("{}: {e}", src.locator)));
-            }
-            if src.peer_url().is_some() {
-                contributors.insert(idx);
-            }
-            let f = file.clone();
-            let chunk = data.clone();
-            let at = pos;
-            let written = tokio::task::spawn_blocking(move || f.write_all_at(&chunk, at)).await;
-            match written {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    return Err(Failure::Exhausted(format!("writing the cache file: {e}")))
+            // Slower sources that were still trying stay candidates for later.
+            drop(pending);
+            let Winner {
+                idx,
+                mut stream,
+                first,
+            } = winner;
+            let src = &sources[idx];
+            let scheme = src.locator.scheme().to_string();
+            let limit = stall(inner, src.backend.deadline(&src.locator));
+            racing.remove(&idx);
+            untried.extend(racing);
+            let mut next_chunk = Some(first);
+            // Progress window: at least MIN_PROGRESS bytes every `limit`.
+            let mut window_end = Instant::now() + limit;
+            let mut window_bytes = 0u64;
+
+            // Phase 2: stream from the winner.
+            loop {
+                let data = match next_chunk.take() {
+                    Some(c) => c,
+                    None => {
+                        let next = tokio::time::timeout_at(window_end, stream.next()).await;
+                        if Instant::now() >= window_end {
+                            if window_bytes < MIN_PROGRESS && pos + window_bytes < nar_size {
+                                let e = BackendError::Transport(format!(
+                                    "too slow: {window_bytes} bytes in {limit:?} at byte {pos}"
+                                ));
+                                fail_source(inner, src, &e, &mut errors);
+                                continue 'sources;
+                            }
+                            window_end = Instant::now() + limit;
+                            window_bytes = 0;
+                        }
+                        match next {
+                            Err(_) => continue,
+                            Ok(None) => {
+                                let e = BackendError::BadData(format!(
+                                    "ended at byte {pos} of NarSize {nar_size}"
+                                ));
+                                fail_source(inner, src, &e, &mut errors);
+                                continue 'sources;
+                            }
+                            Ok(Some(Err(e))) => {
+                                fail_source(inner, src, &e, &mut errors);
+                                continue 'sources;
+                            }
+                            Ok(Some(Ok(c))) => {
+                                inner.count_bytes(&scheme, c.len() as u64);
+                                c
+                            }
+                        }
+                    }
+                };
+                if data.is_empty() {
+                    continue;
                 }
-                Err(e) => return Err(Failure::Exhausted(format!("writing the cache file: {e}"))),
-            }
-            hasher.update(&data);
-            pos += data.len() as u64;
-            tx.send_modify(|p| p.written = pos);
-            if pos == nar_size {
-                // All bytes are here; a source that keeps sending is bad.
-                loop {
-                    match timeout(limit, stream.next()).await {
-                        Ok(Some(Ok(c))) if c.is_empty() => continue,
-                        Ok(Some(Ok(c))) => {
-                            inner.count_bytes(&scheme, c.len() as u64);
-                            let e = BackendError::BadData(format!(
-                                "sent more than NarSize {nar_size} bytes"
-                            ));
-                            fail_source(idx, &e, &mut errors);
-                            return Err(Failure::Verification(format!("{}: {e}", src.locator)));
+                window_bytes += data.len() as u64;
+                if src.peer_url().is_some() {
+                    contributors.insert(idx);
+                }
+                if pos + data.len() as u64 > nar_size {
+                    let e =
+                        BackendError::BadData(format!("sent more than NarSize {nar_size} bytes"));
+                    fail_source(inner, src, &e, &mut errors);
+                    start_over!(format!("{}: {e}", src.locator));
+                }
+                let f = file.clone();
+                let chunk = data.clone();
+                let at = pos;
+                let written = tokio::task::spawn_blocking(move || f.write_all_at(&chunk, at)).await;
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(Failure::Exhausted(format!("writing the cache file: {e}")))
+                    }
+                    Err(e) => {
+                        return Err(Failure::Exhausted(format!("writing the cache file: {e}")))
+                    }
+                }
+                hasher.update(&data);
+                pos += data.len() as u64;
+                tx.send_modify(|p| p.written = pos);
+                if pos == nar_size {
+                    // All bytes are here; a source that keeps sending is bad.
+                    loop {
+                        match timeout(limit, stream.next()).await {
+                            Ok(Some(Ok(c))) if c.is_empty() => continue,
+                            Ok(Some(Ok(c))) => {
+                                inner.count_bytes(&scheme, c.len() as u64);
+                                let e = BackendError::BadData(format!(
+                                    "sent more than NarSize {nar_size} bytes"
+                                ));
+                                fail_source(inner, src, &e, &mut errors);
+                                start_over!(format!("{}: {e}", src.locator));
+                            }
+                            // The source's own check at its end (FileHash, …).
+                            Ok(Some(Err(e))) if e.is_bad_data() => {
+                                fail_source(inner, src, &e, &mut errors);
+                                start_over!(format!("{}: {e}", src.locator));
+                            }
+                            // Ended, or broke/stalled after the last byte: the
+                            // bytes are complete either way.
+                            _ => break 'sources,
                         }
-                        // The source's own check at its end (FileHash, …).
-                        Ok(Some(Err(e))) if e.is_bad_data() => {
-                            fail_source(idx, &e, &mut errors);
-                            return Err(Failure::Verification(format!("{}: {e}", src.locator)));
-                        }
-                        // Ended, or broke/stalled after the last byte: the
-                        // bytes are complete either way.
-                        _ => break 'sources,
                     }
                 }
             }
         }
-    }
 
-    let (hash, size) = hasher.finish();
-    if size != nar_size || hash != nar.nar_hash {
-        inner.stats.count_verification_failure();
-        let reason = format!(
-            "NAR verification failed: got {size} bytes with {}, narinfo says {nar_size} bytes with {}",
-            hash.to_nix32_string(),
-            nar.nar_hash.to_nix32_string()
-        );
-        for idx in &contributors {
-            if let Some(peer) = sources[*idx].peer_url() {
-                inner.mapper.report_bad(peer, &reason);
-            }
+        let (hash, size) = hasher.finish();
+        if size != nar_size || hash != nar.nar_hash {
+            inner.stats.count_verification_failure();
+            start_over!(format!(
+                "NAR verification failed: got {size} bytes with {}, narinfo says {nar_size} bytes with {}",
+                hash.to_nix32_string(),
+                nar.nar_hash.to_nix32_string()
+            ));
         }
-        return Err(Failure::Verification(reason));
+        return Ok(());
     }
-    Ok(())
+}
+
+/// Log and count a source's failure; a peer that sent bad data is
+/// reported to the mapper (quarantined there).
+fn fail_source(inner: &Inner, src: &Source, e: &BackendError, errors: &mut Vec<String>) {
+    tracing::info!(source = %src.locator, "source failed: {e}");
+    errors.push(format!("{}: {e}", src.locator));
+    if e.is_bad_data() {
+        inner.stats.count_verification_failure();
+        if let Some(peer) = src.peer_url() {
+            inner.mapper.report_bad(peer, &e.to_string());
+        }
+    }
 }

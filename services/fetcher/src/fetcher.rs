@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ds_core::{HashAlgo, Locator, NarInfo};
 use ds_runtime::service::Activity;
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::backend::Registry;
@@ -53,6 +54,10 @@ pub trait MapperLink: Send + Sync {
     fn report_bad(&self, peer: &str, reason: &str);
     /// A download of the NAR of store path hash part `hash32` started or ended.
     fn set_fetching(&self, hash32: &str, fetching: bool);
+    /// The upstream caches' locators for store path hash part `hash32`
+    /// (the mapper's `Lookup(hash, upstream_only)`): the last resort of a
+    /// download whose sources all failed. Empty when there are none.
+    fn upstream_locators(&self, hash32: &str) -> BoxFuture<'static, Vec<String>>;
 }
 
 /// A [`MapperLink`] that tells nobody.
@@ -61,6 +66,9 @@ pub struct NoMapper;
 impl MapperLink for NoMapper {
     fn report_bad(&self, _peer: &str, _reason: &str) {}
     fn set_fetching(&self, _hash32: &str, _fetching: bool) {}
+    fn upstream_locators(&self, _hash32: &str) -> BoxFuture<'static, Vec<String>> {
+        Box::pin(async { Vec::new() })
+    }
 }
 
 /// Why a fetch was refused.
@@ -136,6 +144,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
+    /// Sources for locator strings: those a backend handles (others are
+    /// skipped, logged), malformed ones dropped.
+    pub(crate) fn sources_for(&self, locators: &[String]) -> Vec<Source> {
+        locators
+            .iter()
+            .filter_map(|l| match Locator::parse(l) {
+                Ok(locator) => match self.registry.for_locator(&locator) {
+                    Some(backend) => Some(Source { locator, backend }),
+                    None => {
+                        tracing::debug!(%locator, "no backend for this locator; skipped");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("ignoring a locator: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+
     pub(crate) fn count_bytes(&self, scheme: &str, n: u64) {
         *lock(&self.stats.bytes_fetched)
             .entry(scheme.to_string())
@@ -207,6 +236,29 @@ impl Fetcher {
         locators: &[String],
         offset: u64,
     ) -> Result<NarPipe, FetchError> {
+        self.open(narinfo, locators, offset, false).await
+    }
+
+    /// Like [`Fetcher::fetch`] from byte 0, but the pipe carries nothing
+    /// until the whole NAR verified (`Fetcher1.FetchVerified`): what a Nix
+    /// client gets, since Nix does not retry a NAR transfer that failed
+    /// half-way. A source that lies is then replaced by another before a
+    /// byte is passed on; when every source fails, the pipe closes empty.
+    pub async fn fetch_verified(
+        &self,
+        narinfo: &str,
+        locators: &[String],
+    ) -> Result<NarPipe, FetchError> {
+        self.open(narinfo, locators, 0, true).await
+    }
+
+    async fn open(
+        &self,
+        narinfo: &str,
+        locators: &[String],
+        offset: u64,
+        verified_only: bool,
+    ) -> Result<NarPipe, FetchError> {
         self.inner.activity.touch();
         let nar = NarInfo::parse(narinfo)
             .map_err(|e| FetchError::InvalidArgs(format!("narinfo: {e}")))?;
@@ -263,7 +315,15 @@ impl Fetcher {
             .map_err(|e| FetchError::Failed(format!("creating a pipe: {e}")))?;
         let busy = self.inner.activity.busy();
         let nar_size = file.1;
-        tokio::spawn(reader::serve(file.0, nar_size, offset, progress, tx, busy));
+        tokio::spawn(reader::serve(
+            file.0,
+            nar_size,
+            offset,
+            verified_only,
+            progress,
+            tx,
+            busy,
+        ));
         Ok(fd)
     }
 
@@ -325,6 +385,7 @@ impl Fetcher {
         let file = Arc::new(file);
         let (tx, rx) = watch::channel(Progress {
             written: 0,
+            generation: 0,
             status: Status::Running,
         });
         let hash32 = nar.store_path.hash().as_str().to_string();
@@ -337,7 +398,8 @@ impl Fetcher {
         });
         inflight.insert(key.to_string(), download);
         drop(inflight);
-        tracing::info!(path = %nar.store_path, nar = key, sources = sources.len(), "download started");
+        let names: Vec<String> = sources.iter().map(|s| s.locator.to_string()).collect();
+        tracing::info!(path = %nar.store_path, nar = key, sources = ?names, "download started");
         let inner = self.inner.clone();
         let key = key.to_string();
         let nar_size = nar.nar_size;
@@ -347,7 +409,8 @@ impl Fetcher {
             let _busy = inner.activity.busy();
             inner.mapper.set_fetching(&hash32, true);
             let nar = Arc::new(nar);
-            let result = download::run(&inner, &nar, &sources, &task_file, &tx).await;
+            let fallback = inner.mapper.upstream_locators(&hash32);
+            let result = download::run(&inner, &nar, sources, fallback, &task_file, &tx).await;
             finish(&inner, &key, &nar, &text, &partial, result, &tx);
             inner.mapper.set_fetching(&hash32, false);
         });

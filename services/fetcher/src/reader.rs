@@ -12,6 +12,9 @@ use tokio::sync::watch;
 pub(crate) struct Progress {
     /// Bytes written to the partial file so far (from byte 0).
     pub written: u64,
+    /// Bumped when the download starts over from byte 0 (the bytes so far
+    /// failed verification): a reader that passed any on must give up.
+    pub generation: u64,
     /// Running, verified, or failed (with the reason).
     pub status: Status,
 }
@@ -29,6 +32,7 @@ impl Progress {
     pub fn done(size: u64) -> Progress {
         Progress {
             written: size,
+            generation: 0,
             status: Status::Done,
         }
     }
@@ -49,22 +53,37 @@ const CHUNK: usize = 256 * 1024;
 /// Copy `file` from `offset` to `pipe` as `progress` allows, then close the
 /// pipe: at NarSize when the NAR verified, early when it failed. A reader
 /// that goes away (EPIPE) ends this task only; the download goes on.
+///
+/// With `verified_only`, nothing is copied before the whole NAR verified:
+/// a failed source is then invisible to this reader, since the download
+/// starts over from other sources before anything was passed on.
 pub(crate) async fn serve(
     file: Arc<std::fs::File>,
     nar_size: u64,
     offset: u64,
+    verified_only: bool,
     mut progress: watch::Receiver<Progress>,
     mut pipe: tokio::net::unix::pipe::Sender,
     _busy: BusyGuard,
 ) {
     let mut pos = offset;
     let mut buf = vec![0u8; CHUNK];
+    let generation = progress.borrow().generation;
     loop {
-        let (avail, status) = {
+        let (avail, status, current) = {
             let p = progress.borrow_and_update();
-            (p.available(nar_size), p.status.clone())
+            let avail = match (&p.status, verified_only) {
+                (Status::Done, _) => nar_size,
+                (_, true) => pos,
+                _ => p.available(nar_size),
+            };
+            (avail, p.status.clone(), p.generation)
         };
         if let Status::Failed(_) = status {
+            return;
+        }
+        // The bytes this reader passed on were of a failed attempt.
+        if current != generation && pos > offset {
             return;
         }
         while pos < avail {

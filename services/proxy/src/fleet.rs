@@ -55,6 +55,22 @@ pub struct Resolved {
     pub locators: Vec<String>,
 }
 
+impl Resolved {
+    /// Whether a client must get this NAR only once it verified as a whole:
+    /// when it comes from peers. Nix does not retry a NAR transfer that broke
+    /// half-way, so a lying peer must be replaced by another source before a
+    /// byte reaches the client. Straight from an upstream cache (the trust
+    /// root; there is nobody better to ask) it streams through, so that a
+    /// large NAR on a slow uplink does not trip Nix's
+    /// `stalled-download-timeout` while it downloads.
+    pub fn verify_before_serving(&self) -> bool {
+        !self
+            .locators
+            .first()
+            .is_some_and(|l| l.starts_with("file:"))
+    }
+}
+
 /// How long a resolution is reused for the NAR request that follows it.
 const RESOLVED_TTL: Duration = Duration::from_secs(600);
 /// Bound on remembered resolutions (cleared when full).
@@ -198,11 +214,15 @@ impl Fleet {
     /// Open the NAR of `r` from byte `offset` through the fetcher: a pipe
     /// of uncompressed NAR bytes. With `held_only`, only what the fetcher
     /// holds or is fetching is served (peer requests).
+    ///
+    /// With `verified`, the pipe carries nothing until the whole NAR
+    /// verified (see `Fetcher1.FetchVerified`; `offset` must be 0).
     pub async fn open(
         &self,
         r: &Resolved,
         offset: u64,
         held_only: bool,
+        verified: bool,
     ) -> Result<tokio::net::unix::pipe::Receiver, FetchError> {
         let fetcher = self
             .fetcher()
@@ -215,8 +235,20 @@ impl Fleet {
         };
         // The first bytes may wait on a peer or upstream; the fetcher bounds
         // that with its own deadlines, this only guards against a wedged service.
-        let call = fetcher.fetch(&r.text, locators, offset);
-        let fd = match tokio::time::timeout(Duration::from_secs(60), call).await {
+        let fd = if verified {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                fetcher.fetch_verified(&r.text, locators),
+            )
+            .await
+        } else {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                fetcher.fetch(&r.text, locators, offset),
+            )
+            .await
+        };
+        let fd = match fd {
             Ok(Ok(fd)) => fd,
             Ok(Err(FetcherError::NotFound(_))) => return Err(FetchError::NotFound),
             Ok(Err(e)) => return Err(FetchError::Unavailable(e.to_string())),

@@ -25,6 +25,7 @@ use ds_core::{CacheInfo, NarInfo, StorePathHash};
 use ds_runtime::config::NarCompression;
 use ds_runtime::Config;
 use ds_store::{LocalStore, PathInfo};
+use futures::StreamExt;
 
 use crate::fleet::{FetchError, Fleet, Hop, Resolved};
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
@@ -375,22 +376,33 @@ impl App {
                 .unwrap_or_else(|_| internal());
         }
         let offset = range.map_or(0, |(start, _)| start);
-        let pipe = match self.fleet.open(&r, offset, hop == Hop::Peer).await {
+        let verified = hop == Hop::Client && r.verify_before_serving();
+        let pipe = match self
+            .fleet
+            .open(&r, offset, hop == Hop::Peer, verified)
+            .await
+        {
             Ok(p) => p,
             Err(FetchError::NotFound) => return not_found(),
             Err(FetchError::Unavailable(e)) => {
                 tracing::warn!(path = %r.narinfo.store_path, "NAR unavailable: {e}");
-                let mut resp = text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "NAR temporarily unavailable\n".into(),
-                );
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return resp;
+                return unavailable();
             }
         };
-        let raw: body::ByteStream =
+        let mut raw: body::ByteStream =
             Box::pin(tokio_util::io::ReaderStream::with_capacity(pipe, 64 * 1024));
+        if verified {
+            // Nothing flows until the NAR verified; an empty pipe means
+            // every source failed: answer that cleanly (Nix retries a 503)
+            // instead of starting a body that cannot be finished.
+            match raw.next().await {
+                Some(Ok(first)) => raw = Box::pin(futures::stream::iter([Ok(first)]).chain(raw)),
+                _ => {
+                    tracing::warn!(path = %r.narinfo.store_path, "NAR failed on every source");
+                    return unavailable();
+                }
+            }
+        }
         let stream = match range {
             Some((start, end)) => {
                 builder = builder
@@ -446,6 +458,16 @@ impl App {
             ),
         }
     }
+}
+
+fn unavailable() -> Response<Body> {
+    let mut resp = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "NAR temporarily unavailable\n".into(),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 fn unsatisfiable(size: u64) -> Response<Body> {

@@ -80,8 +80,7 @@ impl SignerClient {
     /// (`NotBuiltHere`, cached; logged at debug level only), or the signer
     /// is unavailable (logged; the signer is left alone for a while).
     pub async fn sign_info(&self, path: &StorePath, nar_hash: &Hash) -> Option<Signature> {
-        self.sign_keyed((path.clone(), nar_hash.clone()))
-            .await
+        self.sign_keyed((path.clone(), nar_hash.clone())).await
     }
 
     async fn sign_keyed(&self, key: Key) -> Option<Signature> {

@@ -303,6 +303,9 @@ impl MapperLink for RecordingMapper {
             .unwrap()
             .push((hash32.into(), fetching));
     }
+    fn upstream_locators(&self, _hash32: &str) -> futures::future::BoxFuture<'static, Vec<String>> {
+        Box::pin(async { Vec::new() })
+    }
 }
 
 pub fn config(dir: &std::path::Path, cache_size: u64) -> FetcherConfig {
