@@ -261,10 +261,13 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
         child: cmd.spawn().context("starting the proxy")?,
     };
     wait_ready(&notify, &mut proxy.child)?;
-    // The mapper indexes the store and polls peers from the start, so peers
-    // learn what this node holds before anyone asks.
-    if let Err(e) = start_service(&bus_address, ds_dbus::MAPPER_NAME) {
-        bail!("the mapper did not start: {e:#}");
+    // All four run from the start: the mapper indexes the store and polls
+    // peers before anyone asks, and a broken fetcher or signer shows now,
+    // not at the first request. (D-Bus activation would start them anyway.)
+    for (name, _, _) in ACTIVATED {
+        if let Err(e) = start_service(&bus_address, name) {
+            bail!("{name} did not start: {e:#}");
+        }
     }
 
     // 5. Tell the user what to do.
