@@ -134,16 +134,20 @@ impl MapperService {
         if let Some(store) = store {
             let local = self.local.clone();
             tasks.push(tokio::spawn(async move {
+                // An empty store looks "fresh" on every round: log the scan once.
+                let mut first = true;
                 loop {
                     let (l, s) = (local.clone(), store.clone());
                     let started = Instant::now();
-                    match tokio::task::spawn_blocking(move || l.update(&s)).await {
-                        Ok(Ok(st)) if st.full => tracing::info!(
+                    let result = tokio::task::spawn_blocking(move || l.update(&s)).await;
+                    let logged_full = std::mem::replace(&mut first, false);
+                    match result {
+                        Ok(Ok(st)) if st.full && logged_full => tracing::info!(
                             paths = st.added,
                             "indexed the local store in {:?}",
                             started.elapsed()
                         ),
-                        Ok(Ok(st)) if st.added + st.removed > 0 => tracing::debug!(
+                        Ok(Ok(st)) if st.full || st.added + st.removed > 0 => tracing::debug!(
                             added = st.added,
                             removed = st.removed,
                             "local store changed"
