@@ -211,7 +211,9 @@ sc_upstream_down() {
 }
 
 big_ok() { has_paths 2 "$BIG_PATH" && hashes_match 2 "$BIG_PATH"; }
-tx_bytes() { inh "$1" cat /sys/class/net/eth0/statistics/tx_bytes; }
+# tx_bytes I: bytes host I sent on eth0 (netlink, no sysfs mount: `ip netns exec`'s remount of
+# /sys can fail under load, which once read as "0 bytes sent")
+tx_bytes() { ip -n "$TB_NS-h$1" -s link show dev eth0 | awk '/TX:/ { getline; print $1; exit }'; }
 sc_peer_killed() {
   start_nodes 1 2 || return
   check_subst "h1: nix-store -r BIG ($(mb "$BIG_BYTES")) from upstream" 1 "$BIG_PATH"
@@ -222,6 +224,7 @@ sc_peer_killed() {
   local tx0 tx n sz pid killed=0
   sz=$(narinfo_field "$BIG_PATH" NarSize)
   tx0=$(tx_bytes 1)
+  [ -n "$tx0" ] || { bad "reading h1's eth0 counters"; return; }
   subst 2 "$BIG_PATH" & pid=$!
   for n in $(seq 400); do
     tx=$(( $(tx_bytes 1) - tx0 ))
