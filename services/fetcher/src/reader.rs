@@ -68,7 +68,7 @@ pub(crate) async fn serve(
 ) {
     let mut pos = offset;
     let mut buf = vec![0u8; CHUNK];
-    let generation = progress.borrow().generation;
+    let mut generation = progress.borrow().generation;
     loop {
         let (avail, status, current) = {
             let p = progress.borrow_and_update();
@@ -82,9 +82,14 @@ pub(crate) async fn serve(
         if let Status::Failed(_) = status {
             return;
         }
-        // The bytes this reader passed on were of a failed attempt.
-        if current != generation && pos > offset {
-            return;
+        if current != generation {
+            // The bytes this reader passed on were of a failed attempt.
+            if pos > offset {
+                return;
+            }
+            // It passed nothing on yet: it follows the new attempt (and
+            // must not take that attempt's bytes for the failed one's).
+            generation = current;
         }
         while pos < avail {
             let n = ((avail - pos) as usize).min(CHUNK);

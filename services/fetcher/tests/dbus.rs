@@ -136,3 +136,57 @@ async fn fetch_over_dbus_returns_a_pipe_with_the_nar() {
     assert_eq!(proxy.verification_failures().await.unwrap(), 0);
     assert_eq!(peer.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_verified_over_dbus_gets_past_a_lying_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = private_bus(tmp.path());
+    let nar = Arc::new(TestNar::new("verified-over-dbus", &contents(31, 200_000)));
+    let mut bad = nar.bytes.clone();
+    bad[1000] ^= 0xff;
+    let liar = Server::start(move |r| Reply::bytes(r, &bad)).await;
+    let n = nar.clone();
+    let peer = Server::start(move |r| Reply::bytes(r, &n.bytes)).await;
+    let cache = tmp.path().join("cache");
+    let (fetcher, mapper) = fetcher(&cache, 1 << 30);
+    let _server = zbus::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .serve_at(ds_dbus::FETCHER_PATH, FetcherObject::new(fetcher))
+        .unwrap()
+        .name(ds_dbus::FETCHER_NAME)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let client = zbus::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let proxy = Fetcher1Proxy::builder(&client)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+
+    match proxy.fetch_verified("not a narinfo", vec![]).await {
+        Err(FetcherError::InvalidArgs(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    let fd = proxy
+        .fetch_verified(
+            &nar.narinfo,
+            vec![format!("peer:{}", liar.url), format!("peer:{}", peer.url)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_all(std::os::fd::OwnedFd::from(fd)).await, nar.bytes);
+    assert_eq!(proxy.verification_failures().await.unwrap(), 1);
+    assert_eq!(proxy.fetches_failed().await.unwrap(), 0);
+    assert_eq!(proxy.cache_entries().await.unwrap(), 1);
+    assert_eq!(mapper.bad.lock().unwrap()[0].0, liar.url);
+    // Held now: served verified from the cache without a locator.
+    let fd = proxy.fetch_verified(&nar.narinfo, vec![]).await.unwrap();
+    assert_eq!(read_all(std::os::fd::OwnedFd::from(fd)).await, nar.bytes);
+    assert_eq!(peer.requests(), 1);
+}

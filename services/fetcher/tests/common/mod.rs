@@ -113,6 +113,9 @@ pub struct Reply {
     pub parts: Vec<(Duration, Vec<u8>)>,
     /// Never answer at all.
     pub hang: bool,
+    /// Send no Content-Length: the body ends when the connection closes
+    /// (so a body longer than NarSize is not cut short by the client).
+    pub no_length: bool,
 }
 
 impl Reply {
@@ -123,6 +126,7 @@ impl Reply {
             content_length: None,
             parts: vec![],
             hang: false,
+            no_length: false,
         }
     }
 
@@ -149,6 +153,7 @@ impl Reply {
                 content_length: None,
                 parts: vec![(Duration::ZERO, data[start as usize..].to_vec())],
                 hang: false,
+                no_length: false,
             },
             _ => Reply {
                 parts: vec![(Duration::ZERO, data.to_vec())],
@@ -176,6 +181,18 @@ impl Reply {
             (Duration::ZERO, body[..first].to_vec()),
             (pause, body[first..].to_vec()),
         ];
+        r
+    }
+
+    /// Like [`Reply::bytes`]: `first` bytes at once, then the rest one
+    /// byte every `every` (a peer that drips).
+    pub fn trickle(req: &Req, data: &[u8], first: usize, every: Duration) -> Reply {
+        let mut r = Reply::bytes(req, data);
+        let body = r.parts[0].1.clone();
+        let first = first.min(body.len());
+        r.parts = std::iter::once((Duration::ZERO, body[..first].to_vec()))
+            .chain(body[first..].iter().map(|b| (every, vec![*b])))
+            .collect();
         r
     }
 }
@@ -268,10 +285,10 @@ async fn serve_conn(
     let len = reply
         .content_length
         .unwrap_or_else(|| reply.parts.iter().map(|p| p.1.len() as u64).sum());
-    let mut head = format!(
-        "HTTP/1.1 {} X\r\nContent-Length: {len}\r\nConnection: close\r\n",
-        reply.status
-    );
+    let mut head = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", reply.status);
+    if !reply.no_length {
+        head.push_str(&format!("Content-Length: {len}\r\n"));
+    }
     for (k, v) in &reply.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -291,6 +308,10 @@ async fn serve_conn(
 pub struct RecordingMapper {
     pub bad: Mutex<Vec<(String, String)>>,
     pub fetching: Mutex<Vec<(String, bool)>>,
+    /// What `upstream_locators` answers (the upstream fallback).
+    pub upstream: Mutex<Vec<String>>,
+    /// The hash parts `upstream_locators` was asked for.
+    pub upstream_asked: Mutex<Vec<String>>,
 }
 
 impl MapperLink for RecordingMapper {
@@ -303,8 +324,10 @@ impl MapperLink for RecordingMapper {
             .unwrap()
             .push((hash32.into(), fetching));
     }
-    fn upstream_locators(&self, _hash32: &str) -> futures::future::BoxFuture<'static, Vec<String>> {
-        Box::pin(async { Vec::new() })
+    fn upstream_locators(&self, hash32: &str) -> futures::future::BoxFuture<'static, Vec<String>> {
+        self.upstream_asked.lock().unwrap().push(hash32.into());
+        let answer = self.upstream.lock().unwrap().clone();
+        Box::pin(async move { answer })
     }
 }
 
@@ -319,13 +342,13 @@ pub fn config(dir: &std::path::Path, cache_size: u64) -> FetcherConfig {
 }
 
 pub fn fetcher(dir: &std::path::Path, cache_size: u64) -> (Fetcher, Arc<RecordingMapper>) {
+    fetcher_with(config(dir, cache_size))
+}
+
+/// A fetcher with `config` and a recording mapper.
+pub fn fetcher_with(config: FetcherConfig) -> (Fetcher, Arc<RecordingMapper>) {
     let mapper = Arc::new(RecordingMapper::default());
-    let f = Fetcher::new(
-        config(dir, cache_size),
-        mapper.clone(),
-        ds_runtime::service::Activity::new(),
-    )
-    .unwrap();
+    let f = Fetcher::new(config, mapper.clone(), ds_runtime::service::Activity::new()).unwrap();
     (f, mapper)
 }
 
@@ -355,5 +378,14 @@ pub async fn compress(kind: &str, data: &[u8]) -> Vec<u8> {
         "zstd" => run(ZstdEncoder::new(Vec::new()), data).await.into_inner(),
         "bzip2" => run(BzEncoder::new(Vec::new()), data).await.into_inner(),
         other => panic!("{other}"),
+    }
+}
+
+/// Wait until `cond` holds, polling; panics after `limit`.
+pub async fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
