@@ -66,10 +66,23 @@ egress_check() { # egress_check LABEL MAX_RATIO: 0.95 x one copy <= upstream egr
 }
 
 # ===================================== scenarios =====================================
+# hop_status I PATH HOP: HTTP status of host I's node for PATH's narinfo, asked as a peer
+# (X-Distributed-Store-Hop: HOP; empty HOP: as a client)
+hop_status() {
+  local h=${2#/nix/store/}; h=${h%%-*}
+  hcurl "$1" -o /dev/null -w '%{http_code}' ${3:+-H "X-Distributed-Store-Hop: $3"} "$(node_url "$1")/$h.narinfo"
+}
+
 sc_staggered() {
   local why
   if why=$(modern_nix_missing); then info "SKIP [nix 2.26] h3 runs Nix 2.8: $why"; else NIX226_HOSTS=3; fi
   start_nodes 1 2 3 4 || return
+  # No relaying: a node answers a peer only from what it holds or fetches; a lead
+  # request (this node fetches for the fleet) and a client may use upstream.
+  check "h2 answers a peer 404 for a path only upstream has (no relay)" [ "$(hop_status 2 "$ROOT_PATH" peer)" = 404 ]
+  check "h2 answers a client 200 for it (upstream through the mapper)" [ "$(hop_status 2 "$ROOT_PATH")" = 200 ]
+  check "h3 answers a lead request 200 for it (its upstream)" [ "$(hop_status 3 "$ROOT_PATH" lead)" = 200 ]
+  check "h4 answers a peer 404 for it (nothing held, nothing fetched)" [ "$(hop_status 4 "$ROOT_PATH" peer)" = 404 ]
   egress_reset
   local i t
   for i in 1 2 3 4; do

@@ -94,7 +94,12 @@ pub struct Fleet {
     trusted: Vec<PublicKey>,
     lookup_deadline: Duration,
     resolved: Mutex<ResolvedCache>,
+    lookups: tokio::sync::Semaphore,
 }
+
+/// Mapper lookups in flight at once, at most (Nix itself uses up to 25
+/// connections per substituter).
+const MAX_CONCURRENT_LOOKUPS: usize = 64;
 
 impl Fleet {
     /// `trusted`: the keys a narinfo must be signed with to be offered;
@@ -109,6 +114,7 @@ impl Fleet {
             trusted,
             lookup_deadline,
             resolved: Mutex::new(HashMap::new()),
+            lookups: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKUPS),
         }
     }
 
@@ -166,6 +172,11 @@ impl Fleet {
                 return Some(r.clone());
             }
         }
+        // Each lookup may fan out to every peer and upstream: bound how many
+        // run at once, so that a client asking for thousands of made-up
+        // paths cannot turn this node into an amplifier. (Waiting here is
+        // bounded by the lookup deadline of those ahead.)
+        let _slot = self.lookups.acquire().await.ok()?;
         let mapper = self.mapper().await?;
         let answer = tokio::time::timeout(
             self.lookup_deadline,
