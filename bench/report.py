@@ -54,7 +54,7 @@ def row(label, key, digits, aim=None, zstd_extra=None):
     flags = {s: ("" if R.get(f"{s}.{key}.errors", "0") == "0" else f" (errors: {R[f'{s}.{key}.errors']})") for s in SERVERS}
     for s in SERVERS:  # measured while other processes used > 10% of the machine
         cell = key.split(".")[0]
-        bg_keys = [k for k in R if re.fullmatch(rf"{s}\.{cell}\d*\.bg" if cell == "copy" else rf"{s}\.{cell}\.bg", k)]
+        bg_keys = [k for k in R if re.fullmatch(rf"{s}\.{cell}\d*\.bg" if cell in ("copy", "mcopy") else rf"{s}\.{cell}\.bg", k)]
         if any((num(k) or 0) > BG_LIMIT for k in bg_keys):
             flags[s] += " †"
     zcell = fmt(v["zstd"], digits) + flags["zstd"]
@@ -73,8 +73,15 @@ for c in ("1", "16"):
     row(f"narinfo latency p99 (ms), {c} conn", f"ni{c}.p99", 3, LAT)
 for c in ("1", "16"):
     row(f"NAR MB/s, {c} conn", f"nar{c}.mbps", 0, THR, zstd_extra=f"nar{c}.wire_mbps")
-row(f"`nix copy` wall time (s), median of {R.get('reps', '?')}", "copy.secs", 2)
-row("`nix copy` NAR MB/s (closure NAR bytes / wall time)", "copy.mbps", 0, THR)
+# nix copy, once per client generation: "copy" = Nix 2.8 (host), "mcopy" = Nix 2.26 (trixie chroot)
+for key, gen in (("copy", "2.8"), ("mcopy", "2.26")):
+    if key == "mcopy" and "mcopy.missing" in R:
+        why = R["mcopy.missing"].replace("|", "/")
+        for label in ("wall time (s)", "NAR MB/s"):
+            rows.append(f"| `nix copy` {label}, Nix {gen} | n/a ({why}) | n/a | | | n/a | |")
+        continue
+    row(f"`nix copy` wall time (s), Nix {gen}, median of {R.get('reps', '?')}", f"{key}.secs", 2)
+    row(f"`nix copy` NAR MB/s, Nix {gen} (closure NAR bytes / wall time)", f"{key}.mbps", 0, THR)
 
 print("| metric | nginx static | distributed-store `none` | ds / nginx | aim | distributed-store `zstd` | zstd / nginx |")
 print("|---|---:|---:|---:|---|---:|---:|")
@@ -87,9 +94,13 @@ print(f"- narinfo: wrk rotating over the {R.get('closure.paths')} narinfo URLs, 
 print(f"- NAR: wrk rotating over the {R.get('nar.sel_count')} largest NARs ({fmt((num('nar.sel_nar_bytes') or 0) / 1e6, 0)} MB, "
       f"each >= {fmt((num('nar.sel_min_nar') or 0) / 1e6, 1)} MB), {R.get('duration')} s per cell; MB/s = bytes received "
       f"by wrk / duration (1 MB = 10^6 bytes); zstd: NAR-equivalent MB/s (wire MB/s x NAR/zstd size ratio of those NARs), wire in parentheses")
-print(f"- nix copy: `nix copy --from URL ROOT` (Nix {R.get('nix.version', '?')}) into a fresh chroot store on {R.get('client.fs', '?')}, "
-      f"{R.get('reps')} runs per server interleaved; all runs: " +
-      "; ".join(f"{s} {R.get(f'{s}.copy.all', '?')}" for s in SERVERS))
+modern = (f"Nix 2.26: not run ({R['mcopy.missing']})" if "mcopy.missing" in R else
+          f"Nix {R.get('mcopy.nix_version', '2.26')} (Debian trixie chroot) " +
+          "; ".join(f"{s} {R.get(f'{s}.mcopy.all', '?')}" for s in SERVERS))
+print(f"- nix copy: `nix copy --from URL ROOT` into a fresh chroot store on {R.get('client.fs', '?')}, "
+      f"{R.get('reps')} runs per server and Nix generation, interleaved; wall time of the nix process; all runs: "
+      f"Nix {R.get('nix.version', '?')} (host) " +
+      "; ".join(f"{s} {R.get(f'{s}.copy.all', '?')}" for s in SERVERS) + "; " + modern)
 bg = sorted(((num(k) or 0), k[:-3]) for k in R if k.endswith(".bg"))
 if bg:
     over = [f"{k} {v:.0f}%" for v, k in bg if v > BG_LIMIT]
