@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use ds_fetcher::FetchError;
 
 const BIG: u64 = 1 << 30;
 
@@ -290,7 +291,7 @@ async fn a_peer_that_dies_midway_is_continued_from_the_upstream_at_the_byte_reac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dripping_peer_is_dropped_after_one_stall_period() {
-    let nar = Arc::new(TestNar::new("drip", &contents(47, 200_000)));
+    let nar = Arc::new(TestNar::new("drip", &contents(47, 100_000)));
     let first = 20_000;
     let drip = peer_serving(&nar, move |r, d| {
         Reply::trickle(r, d, first, Duration::from_millis(200))
@@ -299,7 +300,7 @@ async fn a_dripping_peer_is_dropped_after_one_stall_period() {
     let good = peer_serving(&nar, Reply::bytes).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path(), BIG);
-    config.peer_timeout = Duration::from_millis(100);
+    config.peer_timeout = Duration::from_millis(250);
     config.min_stall = Duration::from_secs(1);
     let (f, mapper) = fetcher_with(config);
     let locs = vec![format!("peer:{}", drip.url), format!("peer:{}", good.url)];
@@ -310,14 +311,19 @@ async fn a_dripping_peer_is_dropped_after_one_stall_period() {
         .expect("the dripping peer was never dropped");
     let took = t.elapsed();
     assert_eq!(got, nar.bytes);
-    // One stall period (1 s: 4 × 100 ms is less than min_stall) and the
+    // One stall period (1 s: 4 × 250 ms, and min_stall) and the
     // rest from the second peer; the drip alone would take hours.
     assert!(took < Duration::from_millis(2500), "{took:?}");
     assert!(took >= Duration::from_millis(900), "{took:?}");
 
     let log = good.requests_log();
-    assert_eq!(log.len(), 1);
-    let from = log[0].range_start().expect("continued with a Range");
+    // (Under load the drip's first bytes may be slower than the deadline:
+    // then the second peer was hedged from byte 0 and lost; what counts is
+    // that it was asked again from the byte the drip reached.)
+    assert!(!log.is_empty() && log.len() <= 2, "{log:?}");
+    let from = log[log.len() - 1]
+        .range_start()
+        .expect("continued with a Range");
     assert!(
         from >= first as u64 && from < first as u64 + 20,
         "continued at {from}"
@@ -361,4 +367,59 @@ async fn a_streaming_reader_that_passed_nothing_before_a_start_over_gets_the_goo
     assert_eq!(read_all(fd).await, &nar.bytes[offset..]);
     only_reported(&mapper, &liar);
     assert_eq!(f.status().fetches_failed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_starts_over_at_most_three_times() {
+    let nar = Arc::new(TestNar::new("many-liars", &contents(50, 50_000)));
+    let lie = |r: &Req, d: &[u8]| {
+        let mut bad = d.to_vec();
+        bad[100] ^= 0x01;
+        Reply::bytes(r, &bad)
+    };
+    let mut liars = Vec::new();
+    for _ in 0..4 {
+        liars.push(peer_serving(&nar, lie).await);
+    }
+    let honest = peer_serving(&nar, Reply::bytes).await;
+    let locs = |n: usize| -> Vec<String> {
+        liars[..n]
+            .iter()
+            .chain([&honest])
+            .map(|s| format!("peer:{}", s.url))
+            .collect()
+    };
+
+    // Three liars first: three start-overs, the fourth attempt verifies.
+    let dir = tempfile::tempdir().unwrap();
+    let (f, _) = fetcher(dir.path(), BIG);
+    let fd = f.fetch_verified(&nar.narinfo, &locs(3)).await.unwrap();
+    assert_eq!(read_all(fd).await, nar.bytes);
+    assert_eq!(f.status().verification_failures, 3);
+    assert_eq!(honest.requests(), 1);
+
+    // Four: the download gives up before it gets to the honest one.
+    let dir = tempfile::tempdir().unwrap();
+    let (f, mapper) = fetcher(dir.path(), BIG);
+    let got = match f.fetch_verified(&nar.narinfo, &locs(4)).await {
+        Ok(fd) => read_all(fd).await,
+        // The whole download may fail before the call sees a first byte.
+        Err(FetchError::Failed(_)) => vec![],
+        Err(e) => panic!("{e:?}"),
+    };
+    assert!(got.is_empty(), "a lie reached the reader");
+    assert_eq!(honest.requests(), 1);
+    let st = f.status();
+    assert_eq!(st.fetches_failed, 1);
+    assert_eq!(st.verification_failures, 4);
+    let bad: Vec<String> = mapper
+        .bad
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b.0.clone())
+        .collect();
+    for l in &liars {
+        assert!(bad.contains(&l.url), "{bad:?}");
+    }
 }

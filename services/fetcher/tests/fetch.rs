@@ -184,6 +184,13 @@ async fn fetch_from_one_bad_peer(
         Err(FetchError::Failed(_)) => vec![],
         Err(e) => panic!("{e:?}"),
     };
+    // A streaming reader closes as soon as the bytes it passed on failed
+    // verification, which may be before the download (starting over
+    // without the peer, asking for the upstream fallback) has ended.
+    wait_until("the download to end", Duration::from_secs(10), || {
+        f.status().in_flight == 0
+    })
+    .await;
     (got, f, mapper, peer, dir)
 }
 
