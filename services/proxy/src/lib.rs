@@ -274,27 +274,10 @@ impl App {
         } else {
             None
         };
-        let mut builder = Response::builder()
-            .header(header::CONTENT_TYPE, "application/x-nix-nar")
-            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
-        if compression == NarCompression::None {
-            builder = builder.header(header::ACCEPT_RANGES, "bytes");
-        }
+        let mut builder = nar_builder(compression == NarCompression::None);
         if head_only {
-            if compression == NarCompression::None {
-                builder = builder.header(header::CONTENT_LENGTH, size);
-            }
-            return builder
-                .status(StatusCode::OK)
-                .body(Body::empty())
-                .unwrap_or_else(|_| internal());
+            return nar_head(builder, compression, size);
         }
-        let stats = self.stats.clone();
-        let nar_bytes = self.metrics.nar_bytes.clone();
-        let count = move |n: u64| {
-            stats.nar_bytes_sent.fetch_add(n, Ordering::Relaxed);
-            nar_bytes.inc_by(n);
-        };
         let stream = match range {
             Some((start, end)) => {
                 builder = builder
@@ -322,10 +305,54 @@ impl App {
                 body::compress(verified, compression)
             }
         };
+        self.nar_body(builder, stream)
+    }
+
+    /// A NAR response with `stream` as its body, counted as it goes out.
+    fn nar_body(
+        &self,
+        builder: axum::http::response::Builder,
+        stream: body::ByteStream,
+    ) -> Response<Body> {
+        let stats = self.stats.clone();
+        let nar_bytes = self.metrics.nar_bytes.clone();
+        let count = move |n: u64| {
+            stats.nar_bytes_sent.fetch_add(n, Ordering::Relaxed);
+            nar_bytes.inc_by(n);
+        };
         builder
             .body(Body::from_stream(body::counted(stream, count)))
             .unwrap_or_else(|_| internal())
     }
+}
+
+/// The headers every NAR response has; `ranged`: Range is honoured.
+fn nar_builder(ranged: bool) -> axum::http::response::Builder {
+    let builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-nix-nar")
+        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+    if ranged {
+        builder.header(header::ACCEPT_RANGES, "bytes")
+    } else {
+        builder
+    }
+}
+
+/// The answer to HEAD for a NAR (its length when uncompressed).
+fn nar_head(
+    builder: axum::http::response::Builder,
+    compression: NarCompression,
+    size: u64,
+) -> Response<Body> {
+    let builder = if compression == NarCompression::None {
+        builder.header(header::CONTENT_LENGTH, size)
+    } else {
+        builder
+    };
+    builder
+        .status(StatusCode::OK)
+        .body(Body::empty())
+        .unwrap_or_else(|_| internal())
 }
 
 impl App {
@@ -360,20 +387,9 @@ impl App {
             },
             _ => None,
         };
-        let mut builder = Response::builder()
-            .header(header::CONTENT_TYPE, "application/x-nix-nar")
-            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
-        if ranged {
-            builder = builder.header(header::ACCEPT_RANGES, "bytes");
-        }
+        let mut builder = nar_builder(ranged);
         if head_only {
-            if compression == NarCompression::None {
-                builder = builder.header(header::CONTENT_LENGTH, size);
-            }
-            return builder
-                .status(StatusCode::OK)
-                .body(Body::empty())
-                .unwrap_or_else(|_| internal());
+            return nar_head(builder, compression, size);
         }
         let offset = range.map_or(0, |(start, _)| start);
         let verified = hop == Hop::Client && r.verify_before_serving();
@@ -422,15 +438,7 @@ impl App {
                 )
             }
         };
-        let stats = self.stats.clone();
-        let nar_bytes = self.metrics.nar_bytes.clone();
-        let count = move |n: u64| {
-            stats.nar_bytes_sent.fetch_add(n, Ordering::Relaxed);
-            nar_bytes.inc_by(n);
-        };
-        builder
-            .body(Body::from_stream(body::counted(stream, count)))
-            .unwrap_or_else(|_| internal())
+        self.nar_body(builder, stream)
     }
 
     /// `GET /_ds/v1/announce?epoch=E&since=V`: what this node holds, for peers.
