@@ -228,8 +228,11 @@ big_ok() { has_paths 2 "$BIG_PATH" && hashes_match 2 "$BIG_PATH"; }
 # /sys can fail under load, which once read as "0 bytes sent")
 tx_bytes() { ip -n "$TB_NS-h$1" -s link show dev eth0 | awk '/TX:/ { getline; print $1; exit }'; }
 sc_peer_killed() {
-  start_nodes 1 2 || return
+  # h2 starts after h1 got BIG: were both up, rendezvous hashing could make h2 the node
+  # that fetches BIG from upstream for h1, and h2 would then serve it from its own cache.
+  start_node 1 || return
   check_subst "h1: nix-store -r BIG ($(mb "$BIG_BYTES")) from upstream" 1 "$BIG_PATH"
+  start_node 2 || return
   sleep 1  # one announce round
   # slow host1's link so that the kill lands mid-transfer (~10 MB/s)
   inh 1 tc qdisc add dev eth0 root tbf rate 80mbit burst 64kb latency 100ms 2>/dev/null || info "tc unavailable: host1's link not slowed"
