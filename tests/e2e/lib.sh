@@ -90,6 +90,10 @@ fixture() {
 # (DBUS_SYSTEM_BUS_ADDRESS DISTRIBUTED_STORE_URL DISTRIBUTED_STORE_PUBLIC_KEY) into UP_* vars.
 up() {
   local name=$1 conf=$2 i
+  # These nodes run in the host's network namespace: no mDNS discovery there (it would send
+  # multicast off this machine), unless a test sets `discovery` itself.
+  case $conf in *discovery*) ;; *) conf="discovery = false
+$conf" ;; esac
   mkdir -p "$W/$name"; printf '%s\n' "$conf" > "$W/$name/config.toml"
   rm -f "$W/$name/run/up.env"
   "$BIN/distributed-store" up --config "$W/$name/config.toml" --runtime-dir "$W/$name/run" > "$W/$name/up.log" 2>&1 &

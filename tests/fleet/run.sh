@@ -24,7 +24,7 @@
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
-ALL=(staggered together fleet-key hostile upstream-down peer-killed blackhole leader-dies discovery)
+ALL=(staggered together fleet-key hostile upstream-down peer-killed blackhole leader-dies discovery slow-lead)
 MODES=(honest wrong-bytes other-nar truncated bad-sig unknown-key other-narinfo drip endless blackhole)
 SELFTEST=0; SCEN=()
 for a in "$@"; do case $a in --selftest) SELFTEST=1 ;; -h|--help) sed -n '2,/^# Last line/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; *) SCEN+=("$a") ;; esac; done
@@ -227,6 +227,36 @@ big_ok() { has_paths 2 "$BIG_PATH" && hashes_match 2 "$BIG_PATH"; }
 # tx_bytes I: bytes host I sent on eth0 (netlink, no sysfs mount: `ip netns exec`'s remount of
 # /sys can fail under load, which once read as "0 bytes sent")
 tx_bytes() { ip -n "$TB_NS-h$1" -s link show dev eth0 | awk '/TX:/ { getline; print $1; exit }'; }
+# A NAR that takes longer than the proxy's keep-alive delay (20 s) to reach a follower: h1
+# fetches BIG over a 2 MB/s uplink, h2 and h3 follow it (their proxies give Nix only verified
+# bytes, so their responses start with zstd keep-alive frames). Both Nix generations decode
+# them (h3 runs 2.26 where the chroot exists); the uplink carries BIG once.
+sc_slow_lead() {
+  local why p1 p2 p3 i
+  if why=$(modern_nix_missing); then info "SKIP [nix 2.26] h3 runs Nix 2.8: $why"; else NIX226_HOSTS=3; fi
+  stop_upstream; start_upstream 2000000 "$UP_DELAY_MS" || return
+  PEERS="$(node_url 2) $(node_url 3)" start_node 1 || return
+  PEERS="$(node_url 1) $(node_url 3)" start_node 2 || return
+  PEERS="$(node_url 1) $(node_url 2)" start_node 3 || return
+  sleep 2  # a poll round: every node sees the others
+  egress_reset
+  TIMEOUT=110 subst 1 "$BIG_PATH" & p1=$!
+  sleep 2  # h1's fetch is under way and announced as in flight
+  TIMEOUT=110 subst 2 "$BIG_PATH" & p2=$!
+  TIMEOUT=110 subst 3 "$BIG_PATH" & p3=$!
+  for i in 1 2 3; do
+    local -n pid="p$i"
+    if wait "$pid"; then ok "h$i [nix $(gen_of "$i")]: BIG ($(mb "$BIG_BYTES")) over a 2 MB/s uplink"; else bad "h$i: BIG over a 2 MB/s uplink"; subst_log "$i"; fi
+  done
+  for i in 2 3; do
+    check "h$i: BIG valid and verified" has_paths "$i" "$BIG_PATH"
+    check "h$i: its proxy kept the transfer alive while BIG was not yet verified" \
+      grep -q "keeping the transfer alive" "$(hdir "$i")/up.log"
+  done
+  local e; e=$(egress)
+  if ratio_le "$e" "$BIG_BYTES" 1.05; then ok "slow-lead: egress $(mb "$e") <= 1.05 x BIG"; else bad "slow-lead: egress $(mb "$e") > 1.05 x BIG"; fi
+}
+
 sc_peer_killed() {
   # h2 starts after h1 got BIG: were both up, rendezvous hashing could make h2 the node
   # that fetches BIG from upstream for h1, and h2 would then serve it from its own cache.
@@ -505,6 +535,7 @@ if [ ${#SCEN[@]} -gt 0 ]; then
       blackhole) run_scenario blackhole 90 sc_blackhole ;;
       leader-dies) run_scenario leader-dies 120 sc_leader_dies ;;
       discovery) run_scenario discovery 120 sc_discovery ;;
+      slow-lead) run_scenario slow-lead 120 sc_slow_lead ;;
     esac
   done
 fi

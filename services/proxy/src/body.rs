@@ -150,6 +150,81 @@ pub fn exact(inner: ByteStream, len: u64) -> ByteStream {
     ))
 }
 
+/// A zstd skippable frame with no content: every zstd decoder (libzstd, so
+/// every Nix, checked with Nix 2.8 and 2.26) skips it. A NAR body may start
+/// with any number of them.
+pub const ZSTD_KEEPALIVE: [u8; 8] = [0x50, 0x2A, 0x4D, 0x18, 0, 0, 0, 0];
+
+/// Until `raw` yields its first chunk, emit a [`ZSTD_KEEPALIVE`] frame every
+/// `every`; then the stream `then` makes of the whole of `raw` (which must
+/// be zstd output). An error or an end before the first chunk ends the body
+/// with an error. This keeps a client's transfer alive while a NAR is still
+/// being fetched and verified, without a single byte of it going out before
+/// it verified.
+pub fn keepalive_until_first<F>(raw: ByteStream, every: std::time::Duration, then: F) -> ByteStream
+where
+    F: FnOnce(ByteStream) -> ByteStream + Send + 'static,
+{
+    enum St<F> {
+        Waiting {
+            raw: ByteStream,
+            then: F,
+            tick: tokio::time::Instant,
+        },
+        Streaming(ByteStream),
+        Done,
+    }
+    let start = St::Waiting {
+        raw,
+        then,
+        tick: tokio::time::Instant::now() + every,
+    };
+    Box::pin(futures::stream::unfold(start, move |st| async move {
+        match st {
+            St::Waiting {
+                mut raw,
+                then,
+                tick,
+            } => {
+                let first = tokio::select! {
+                    item = raw.next() => Some(item),
+                    _ = tokio::time::sleep_until(tick) => None,
+                };
+                match first {
+                    None => Some((
+                        Ok(Bytes::from_static(&ZSTD_KEEPALIVE)),
+                        St::Waiting {
+                            raw,
+                            then,
+                            tick: tokio::time::Instant::now() + every,
+                        },
+                    )),
+                    Some(Some(Ok(chunk))) => {
+                        let whole: ByteStream =
+                            Box::pin(futures::stream::iter([Ok(chunk)]).chain(raw));
+                        let mut out = then(whole);
+                        let item = out.next().await?;
+                        Some((item, St::Streaming(out)))
+                    }
+                    Some(Some(Err(e))) => Some((Err(e), St::Done)),
+                    Some(None) => Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the NAR failed on every source",
+                        )),
+                        St::Done,
+                    )),
+                }
+            }
+            St::Streaming(mut out) => {
+                let item = out.next().await?;
+                Some((item, St::Streaming(out)))
+            }
+            St::Done => None,
+        }
+    }))
+}
+
 /// Call `on_bytes` with the size of every chunk that goes out.
 pub fn counted(inner: ByteStream, on_bytes: impl Fn(u64) + Send + 'static) -> ByteStream {
     Box::pin(inner.inspect_ok(move |chunk| on_bytes(chunk.len() as u64)))
@@ -213,6 +288,49 @@ mod tests {
                 got.len()
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_frames_then_a_zstd_body_that_decodes_to_the_nar() {
+        use async_compression::tokio::bufread::ZstdDecoder;
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt;
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let leaked: &'static [u8] = Box::leak(data.clone().into_boxed_slice());
+        // The NAR shows up after 65 s (a download, then verification).
+        let late: ByteStream = Box::pin(futures::stream::once(async move {
+            tokio::time::sleep(Duration::from_secs(65)).await;
+            Ok(Bytes::from_static(leaked))
+        }));
+        let body = keepalive_until_first(late, Duration::from_secs(20), |s| {
+            compress(s, NarCompression::Zstd)
+        });
+        let out = collect(body).await.unwrap();
+        let frames = out.chunks(8).take_while(|c| *c == ZSTD_KEEPALIVE).count();
+        assert_eq!(frames, 3, "a frame at 20, 40 and 60 s");
+        // Each keep-alive is a frame of its own: decode frame after frame,
+        // as libzstd's streaming decoder (Nix's) does.
+        let mut decoded = Vec::new();
+        let mut decoder = ZstdDecoder::new(tokio::io::BufReader::new(std::io::Cursor::new(out)));
+        decoder.multiple_members(true);
+        decoder.read_to_end(&mut decoded).await.unwrap();
+        assert!(
+            decoded == data,
+            "decoded {} bytes, want {}",
+            decoded.len(),
+            data.len()
+        );
+        // A NAR that never comes: frames, then an error (not a clean end).
+        let never: ByteStream = Box::pin(futures::stream::once(async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Err(std::io::Error::other("every source failed"))
+        }));
+        let mut s = keepalive_until_first(never, Duration::from_secs(20), |s| s);
+        assert_eq!(s.next().await.unwrap().unwrap().as_ref(), &ZSTD_KEEPALIVE);
+        assert!(s.next().await.unwrap().is_err());
+        assert!(s.next().await.is_none());
     }
 
     #[tokio::test]

@@ -411,7 +411,27 @@ impl App {
             // Nothing flows until the NAR verified; an empty pipe means
             // every source failed: answer that cleanly (Nix retries a 503)
             // instead of starting a body that cannot be finished.
-            match raw.next().await {
+            let first = match tokio::time::timeout(KEEPALIVE_AFTER, raw.next()).await {
+                Ok(first) => first,
+                Err(_) if compression == NarCompression::Zstd => {
+                    // Still downloading: start the response now, with zstd
+                    // frames that carry nothing, so that the client does
+                    // not give up on a silent transfer (Nix's
+                    // stalled-download-timeout) while a large NAR comes
+                    // from a peer or the fleet's lead node.
+                    tracing::info!(
+                        path = %r.narinfo.store_path,
+                        "NAR not verified after {KEEPALIVE_AFTER:?}: keeping the transfer alive"
+                    );
+                    let (hash, size) = (r.narinfo.nar_hash.clone(), size);
+                    let stream = body::keepalive_until_first(raw, KEEPALIVE_EVERY, move |s| {
+                        body::compress(body::verified(s, hash, size), NarCompression::Zstd)
+                    });
+                    return self.nar_body(builder.status(StatusCode::OK), stream);
+                }
+                Err(_) => raw.next().await,
+            };
+            match first {
                 Some(Ok(first)) => raw = Box::pin(futures::stream::iter([Ok(first)]).chain(raw)),
                 _ => {
                     tracing::warn!(path = %r.narinfo.store_path, "NAR failed on every source");
@@ -467,6 +487,12 @@ impl App {
         }
     }
 }
+
+/// A verified NAR not ready after this long starts its response with
+/// keep-alive frames (zstd only; see `body::keepalive_until_first`).
+const KEEPALIVE_AFTER: std::time::Duration = std::time::Duration::from_secs(20);
+/// Interval of those frames (Nix gives up after 300 s without data).
+const KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn unavailable() -> Response<Body> {
     let mut resp = text(
