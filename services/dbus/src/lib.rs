@@ -7,6 +7,8 @@
 
 use zbus::proxy;
 
+pub mod peer;
+
 /// Signer: bus name, also the interface name.
 pub const SIGNER_NAME: &str = "org.distributedstore.Signer1";
 /// Signer object path.

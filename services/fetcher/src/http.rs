@@ -16,7 +16,7 @@ use crate::backend::{Backend, BackendError, ByteStream, Opened};
 
 /// Header telling a peer how it is being asked: `peer` (serve what you hold
 /// or are fetching) or `lead` (fetch it from your upstream for the fleet).
-pub const HOP_HEADER: &str = "X-Distributed-Store-Hop";
+pub use ds_dbus::peer::HOP_HEADER;
 
 /// How many times a `file:` transfer that breaks is resumed with a Range
 /// request to the same URL before the source counts as failed.

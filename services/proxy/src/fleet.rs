@@ -18,7 +18,7 @@ use ds_dbus::{Fetcher1Proxy, FetcherError, Mapper1Proxy, MapperError};
 use zbus::proxy::CacheProperties;
 
 /// Request header that marks a request from another distributed-store node.
-pub const HOP_HEADER: &str = "x-distributed-store-hop";
+pub use ds_dbus::peer::HOP_HEADER;
 
 /// Who is asking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,14 +290,9 @@ impl Fleet {
             }
             Err(_) => return None,
         };
-        serde_json::to_string(&serde_json::json!({
-            "epoch": epoch,
-            "version": version,
-            "full": full,
-            "added": added,
-            "removed": removed,
-            "inflight": inflight,
-        }))
+        serde_json::to_string(&ds_dbus::peer::AnnounceJson::from((
+            epoch, version, full, added, removed, inflight,
+        )))
         .ok()
     }
 }

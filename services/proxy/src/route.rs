@@ -81,7 +81,7 @@ pub fn parse(path: &str) -> Route {
     match rest {
         "nix-cache-info" => return Route::CacheInfo,
         "metrics" => return Route::Metrics,
-        "_ds/v1/announce" => return Route::Announce,
+        p if Some(p) == ds_dbus::peer::ANNOUNCE_PATH.strip_prefix('/') => return Route::Announce,
         _ => {}
     }
     if let Some(file) = rest.strip_prefix("nar/") {
