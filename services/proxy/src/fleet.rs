@@ -95,11 +95,16 @@ pub struct Fleet {
     lookup_deadline: Duration,
     resolved: Mutex<ResolvedCache>,
     lookups: tokio::sync::Semaphore,
+    opens: tokio::sync::Semaphore,
 }
 
 /// Mapper lookups in flight at once, at most (Nix itself uses up to 25
 /// connections per substituter).
 const MAX_CONCURRENT_LOOKUPS: usize = 64;
+/// Fetch calls waiting for their first byte at once, at most: more would
+/// exceed dbus-daemon's pending replies per connection (128 on the system
+/// bus) and fail; past this they wait their turn here instead.
+const MAX_CONCURRENT_OPENS: usize = 64;
 
 impl Fleet {
     /// `trusted`: the keys a narinfo must be signed with to be offered;
@@ -115,6 +120,7 @@ impl Fleet {
             lookup_deadline,
             resolved: Mutex::new(HashMap::new()),
             lookups: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKUPS),
+            opens: tokio::sync::Semaphore::new(MAX_CONCURRENT_OPENS),
         }
     }
 
@@ -235,6 +241,11 @@ impl Fleet {
         held_only: bool,
         verified: bool,
     ) -> Result<tokio::net::unix::pipe::Receiver, FetchError> {
+        let _slot = self
+            .opens
+            .acquire()
+            .await
+            .map_err(|_| FetchError::Unavailable("shutting down".into()))?;
         let fetcher = self
             .fetcher()
             .await
