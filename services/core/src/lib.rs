@@ -26,7 +26,7 @@ pub mod store_path;
 
 pub use cache_info::CacheInfo;
 pub use hash::{Hash, HashAlgo};
-pub use locator::{rendezvous_order, FileLocator, Locator, LocatorError};
+pub use locator::{rendezvous_order, FileFacts, FileLocator, Locator, LocatorError};
 pub use nar::{NarError, NarHasher, NarReader, NarStats};
 pub use narinfo::{fingerprint, Compression, NarInfo};
 pub use signing::{PublicKey, SecretKey, Signature};

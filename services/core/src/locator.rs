@@ -53,6 +53,45 @@ pub struct FileLocator {
     pub file_size: Option<u64>,
 }
 
+/// Facts about a NAR file that travel in a locator's `#fragment`
+/// (`compression`, `fileHash`, `fileSize`): what a backend needs to turn the
+/// file into the NAR and to check the file before decompressing it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileFacts {
+    /// How the file is compressed.
+    pub compression: Compression,
+    /// SHA-256 of the file, when known.
+    pub file_hash: Option<Hash>,
+    /// Size of the file, when known.
+    pub file_size: Option<u64>,
+}
+
+impl Default for FileFacts {
+    fn default() -> Self {
+        FileFacts {
+            compression: Compression::None,
+            file_hash: None,
+            file_size: None,
+        }
+    }
+}
+
+/// Parse `compression=…&fileHash=…&fileSize=…` (unknown keys ignored: later
+/// versions may add facts).
+fn parse_facts(fragment: &str) -> Result<FileFacts, String> {
+    let mut f = FileFacts::default();
+    for kv in fragment.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "compression" => f.compression = Compression::from_name(v),
+            "fileHash" => f.file_hash = Some(Hash::parse(v).map_err(|e| format!("fileHash: {e}"))?),
+            "fileSize" => f.file_size = Some(v.parse().map_err(|_| format!("fileSize {v:?}"))?),
+            _ => {}
+        }
+    }
+    Ok(f)
+}
+
 /// Errors parsing a locator string.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LocatorError {
@@ -111,28 +150,13 @@ impl Locator {
                     locator: s.to_string(),
                     reason,
                 };
-                let mut f = FileLocator {
+                let facts = parse_facts(fragment).map_err(bad)?;
+                let f = FileLocator {
                     url: u.to_string(),
-                    compression: Compression::None,
-                    file_hash: None,
-                    file_size: None,
+                    compression: facts.compression,
+                    file_hash: facts.file_hash,
+                    file_size: facts.file_size,
                 };
-                for kv in fragment.split('&').filter(|kv| !kv.is_empty()) {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    match k {
-                        "compression" => f.compression = Compression::from_name(v),
-                        "fileHash" => {
-                            f.file_hash =
-                                Some(Hash::parse(v).map_err(|e| bad(format!("fileHash: {e}")))?)
-                        }
-                        "fileSize" => {
-                            f.file_size =
-                                Some(v.parse().map_err(|_| bad(format!("fileSize {v:?}")))?)
-                        }
-                        // Later versions may add facts; an older reader ignores them.
-                        _ => {}
-                    }
-                }
                 Ok(Locator::File(f))
             }
             _ => Ok(Locator::Other {
@@ -140,6 +164,43 @@ impl Locator {
                 value: value.to_string(),
             }),
         }
+    }
+
+    /// Build a locator for another network (`ipfs`, `btih`, `s3`, `mirror`,
+    /// `exec`, …) whose bytes are a NAR *file* with the given facts: the
+    /// string form is `scheme:value#compression=…&fileHash=…&fileSize=…`.
+    /// `value` must not contain `#`.
+    pub fn other(scheme: &str, value: &str, facts: &FileFacts) -> Locator {
+        let mut v = format!("{value}#compression={}", facts.compression.as_str());
+        if let Some(h) = &facts.file_hash {
+            v.push_str(&format!("&fileHash={}", h.to_nix32_string()));
+        }
+        if let Some(n) = facts.file_size {
+            v.push_str(&format!("&fileSize={n}"));
+        }
+        Locator::Other {
+            scheme: scheme.to_string(),
+            value: v,
+        }
+    }
+
+    /// For a [`Locator::Other`]: the part of the value before `#` (the CID,
+    /// info-hash, key, …) and the file facts after it. Without a fragment
+    /// the file is taken as an uncompressed NAR with unknown hash and size.
+    /// `None` for peer/lead/file locators.
+    pub fn other_parts(&self) -> Option<Result<(&str, FileFacts), LocatorError>> {
+        let Locator::Other { scheme, value } = self else {
+            return None;
+        };
+        let (v, fragment) = value.split_once('#').unwrap_or((value, ""));
+        Some(
+            parse_facts(fragment)
+                .map(|f| (v, f))
+                .map_err(|reason| LocatorError::BadField {
+                    locator: format!("{scheme}:{value}"),
+                    reason,
+                }),
+        )
     }
 
     /// The scheme (`peer`, `lead`, `file`, …): which backend handles it.
@@ -246,6 +307,37 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn other_facts() {
+        let h = Hash::parse("sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s").unwrap();
+        let facts = FileFacts {
+            compression: Compression::Xz,
+            file_hash: Some(h),
+            file_size: Some(42),
+        };
+        let l = Locator::other("ipfs", "bafyabc", &facts);
+        let s = l.to_string();
+        assert_eq!(
+            s,
+            "ipfs:bafyabc#compression=xz&fileHash=sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s&fileSize=42"
+        );
+        let back = Locator::parse(&s).unwrap();
+        let (v, f) = back.other_parts().unwrap().unwrap();
+        assert_eq!((v, f), ("bafyabc", facts));
+        let exec = Locator::parse("exec:x").unwrap();
+        let (v, f) = exec.other_parts().unwrap().unwrap();
+        assert_eq!((v, f), ("x", FileFacts::default()));
+        assert!(Locator::parse("s3:k#fileSize=x")
+            .unwrap()
+            .other_parts()
+            .unwrap()
+            .is_err());
+        assert!(Locator::parse("peer:http://h:1")
+            .unwrap()
+            .other_parts()
+            .is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::plugins::{BackendsSpec, MapperSpec};
 use ds_core::PublicKey;
 use ds_store::StoreUri;
 use serde::Deserialize;
@@ -111,6 +112,10 @@ struct RawConfig {
     upstream_timeout_ms: Option<u64>,
     sign_paths: Option<SignPaths>,
     discovery: Option<bool>,
+    #[serde(default)]
+    mappers: Vec<MapperSpec>,
+    #[serde(default)]
+    backends: BackendsSpec,
 }
 
 /// Which paths the signer signs with this node's key (`signPaths`).
@@ -207,6 +212,11 @@ pub struct Config {
     /// `discovery`: find peers on the LAN with mDNS/DNS-SD (and announce
     /// this node), besides the static `peers`.
     pub discovery: bool,
+    /// Extra mappers (`[[mappers]]`), asked after the local index and the
+    /// fleet, in order (see [`crate::plugins`]).
+    pub mappers: Vec<MapperSpec>,
+    /// Optional backends (`[backends.*]`, see [`crate::plugins`]).
+    pub backends: BackendsSpec,
 }
 
 /// Default `stateDirectory` (systemd `StateDirectory=distributed-store`).
@@ -263,6 +273,112 @@ fn check_url(path: &Option<PathBuf>, key: &str, url: &str) -> Result<String, Con
             format!("{url:?} is not an http:// or https:// URL"),
         ))
     }
+}
+
+/// Validate `mappers` and `backends`: URLs, absolute paths, non-empty
+/// commands (the types already refused unknown fields and types).
+fn check_plugins(
+    path: &Option<PathBuf>,
+    mappers: &[MapperSpec],
+    backends: &BackendsSpec,
+) -> Result<(), ConfigError> {
+    let abs = |key: &str, p: &Path| {
+        if p.is_absolute() {
+            Ok(())
+        } else {
+            Err(invalid(
+                path,
+                key,
+                format!("{} must be an absolute path", p.display()),
+            ))
+        }
+    };
+    let command = |key: &str, argv: &[String]| match argv.first() {
+        Some(p) if Path::new(p).is_absolute() => Ok(()),
+        Some(p) => Err(invalid(
+            path,
+            key,
+            format!("{p:?}: the program must be an absolute path"),
+        )),
+        None => Err(invalid(path, key, "must name a program".into())),
+    };
+    for m in mappers {
+        match m {
+            MapperSpec::Folder { path: p, .. } => abs("mappers.path", p)?,
+            MapperSpec::Http { url, .. } => {
+                check_url(path, "mappers.url", url)?;
+            }
+            MapperSpec::Command { command: argv, .. } => command("mappers.command", argv)?,
+        }
+    }
+    if let Some(m) = &backends.mirrors {
+        if m.urls.is_empty() {
+            return Err(invalid(
+                path,
+                "backends.mirrors.urls",
+                "must list at least one URL".into(),
+            ));
+        }
+        for u in &m.urls {
+            check_url(path, "backends.mirrors.urls", u)?;
+        }
+    }
+    if let Some(i) = &backends.ipfs {
+        if i.api.is_none() && i.gateway.is_none() {
+            return Err(invalid(
+                path,
+                "backends.ipfs",
+                "needs api (kubo RPC) or gateway".into(),
+            ));
+        }
+        for u in i.api.iter().chain(i.gateway.iter()) {
+            check_url(path, "backends.ipfs", u)?;
+        }
+    }
+    if let Some(b) = &backends.bittorrent {
+        if !matches!(b.engine.as_str(), "transmission" | "aria2") {
+            return Err(invalid(
+                path,
+                "backends.bittorrent.engine",
+                format!("{:?}: expected \"transmission\" or \"aria2\"", b.engine),
+            ));
+        }
+        check_url(path, "backends.bittorrent.rpc", &b.rpc)?;
+        for t in &b.trackers {
+            if !(t.starts_with("http://") || t.starts_with("https://") || t.starts_with("udp://")) {
+                return Err(invalid(
+                    path,
+                    "backends.bittorrent.trackers",
+                    format!("{t:?} is not an http://, https:// or udp:// announce URL"),
+                ));
+            }
+        }
+        if let Some(d) = &b.download_directory {
+            abs("backends.bittorrent.downloadDirectory", d)?;
+        }
+        if let Some(f) = &b.rpc_secret_file {
+            abs("backends.bittorrent.rpcSecretFile", f)?;
+        }
+    }
+    if let Some(s3) = &backends.s3 {
+        if s3.bucket.is_empty() {
+            return Err(invalid(
+                path,
+                "backends.s3.bucket",
+                "must not be empty".into(),
+            ));
+        }
+        if let Some(e) = &s3.endpoint {
+            check_url(path, "backends.s3.endpoint", e)?;
+        }
+        if let Some(f) = &s3.credentials_file {
+            abs("backends.s3.credentialsFile", f)?;
+        }
+    }
+    if let Some(c) = &backends.command {
+        command("backends.command.command", &c.command)?;
+    }
+    Ok(())
 }
 
 fn invalid(path: &Option<PathBuf>, key: &str, reason: String) -> ConfigError {
@@ -400,7 +516,10 @@ impl Config {
             raw.upstream_timeout_ms,
             DEFAULT_UPSTREAM_TIMEOUT_MS,
         )?;
+        check_plugins(&path, &raw.mappers, &raw.backends)?;
         Ok(Config {
+            mappers: raw.mappers,
+            backends: raw.backends,
             sign_paths: raw.sign_paths.unwrap_or_default(),
             discovery: raw.discovery.unwrap_or(true),
             state_directory,
@@ -427,6 +546,58 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugins() {
+        let c = Config::parse(
+            r#"
+[[mappers]]
+type = "folder"
+path = "/srv/index"
+[[mappers]]
+type = "http"
+url = "http://10.0.0.5:5496/"
+deadlineMs = 300
+[[mappers]]
+type = "command"
+command = ["/bin/mapper", "-x"]
+[backends.mirrors]
+urls = ["http://m1:8080", "https://m2/cache"]
+[backends.ipfs]
+api = "http://127.0.0.1:5001"
+publish = true
+[backends.s3]
+bucket = "b"
+endpoint = "http://127.0.0.1:9000"
+[backends.command]
+command = ["/bin/fetch"]
+"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.mappers.len(), 3);
+        assert!(matches!(
+            &c.mappers[1],
+            MapperSpec::Http {
+                deadline_ms: Some(300),
+                ..
+            }
+        ));
+        assert_eq!(c.backends.mirrors.as_ref().unwrap().urls.len(), 2);
+        assert!(c.backends.ipfs.as_ref().unwrap().publish);
+        assert!(c.backends.bittorrent.is_none());
+        let err = |text: &str| Config::parse(text, None).unwrap_err().to_string();
+        assert!(err("[[mappers]]\ntype = \"gopher\"\n").contains("gopher"));
+        assert!(err("[[mappers]]\ntype = \"folder\"\npath = \"rel\"\n").contains("mappers.path"));
+        assert!(err("[backends.ipfs]\napi = \"http://x:1\"\npublsh = true\n").contains("publsh"));
+        assert!(err("[backends.carrierpigeon]\n").contains("carrierpigeon"));
+        assert!(err("[backends.mirrors]\nurls = [\"ftp://x\"]\n").contains("backends.mirrors.urls"));
+        assert!(err("[backends.command]\ncommand = [\"fetch\"]\n").contains("absolute"));
+        assert!(
+            err("[backends.bittorrent]\nengine = \"utorrent\"\nrpc = \"http://x:1\"\n")
+                .contains("engine")
+        );
+    }
 
     #[test]
     fn sizes() {

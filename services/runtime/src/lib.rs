@@ -6,6 +6,7 @@
 pub mod args;
 pub mod config;
 pub mod logging;
+pub mod plugins;
 pub mod service;
 pub mod systemd;
 
