@@ -107,3 +107,25 @@ impl Registry {
             .cloned()
     }
 }
+
+/// The publishing side of a network: make a NAR file available there and
+/// say how to find it again. The indexer (`distributed-store index`) calls
+/// every enabled publisher for each path it indexes and records the returned
+/// locators (in the mapper's index and in folder exports), so other nodes can
+/// fetch through the matching [`Backend`].
+pub trait Publisher: Send + Sync {
+    /// The locator scheme this publisher produces (`ipfs`, `btih`, `s3`, …).
+    fn scheme(&self) -> &'static str;
+
+    /// Publish the NAR file at `file` (compressed as `facts` says; `facts`
+    /// also carries its FileHash and FileSize, always known here) for the
+    /// store path of `nar`, and return the locator that fetches it back
+    /// (built with [`Locator::other`]). Publishing the same file twice must
+    /// be cheap and give the same locator.
+    fn publish(
+        &self,
+        file: std::path::PathBuf,
+        facts: ds_core::FileFacts,
+        nar: &NarInfo,
+    ) -> BoxFuture<'static, Result<Locator, BackendError>>;
+}

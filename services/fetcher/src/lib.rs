@@ -20,7 +20,7 @@ mod fetcher;
 pub mod http;
 mod reader;
 
-pub use backend::{Backend, BackendError, ByteStream, Opened, Registry};
+pub use backend::{Backend, BackendError, ByteStream, Opened, Publisher, Registry};
 pub use dbus::{DbusMapper, FetcherObject};
 pub use fetcher::{
     FetchError, Fetcher, FetcherConfig, FetcherStatus, MapperLink, NarPipe, NoMapper,
