@@ -7,6 +7,8 @@
 //!   per kind of locator (peers and binary-cache files are built in: [`http`]).
 //! - [`Fetcher`]: coalesced downloads (one per NarHash, joined by later
 //!   callers), hedging and resumption across sources, verification, cache.
+//! - [`nar_file`]: NAR *file* bytes (any network) → checked, decompressed
+//!   NAR bytes; the layer every file-locator backend shares.
 //! - [`cache`]: the on-disk layout and LRU eviction.
 //! - [`dbus`]: the D-Bus object and the (best-effort) link to the mapper.
 //!
@@ -18,6 +20,7 @@ pub mod dbus;
 mod download;
 mod fetcher;
 pub mod http;
+pub mod nar_file;
 mod reader;
 
 pub use backend::{Backend, BackendError, ByteStream, Opened, Publisher, Registry};
