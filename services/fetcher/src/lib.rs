@@ -20,6 +20,7 @@ pub mod dbus;
 mod download;
 mod fetcher;
 pub mod http;
+pub mod mirrors;
 pub mod nar_file;
 mod reader;
 

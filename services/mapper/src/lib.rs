@@ -20,6 +20,7 @@ pub mod http;
 pub mod index;
 pub mod local;
 pub mod mapper;
+pub mod mirrors;
 pub mod peers;
 pub mod service;
 pub mod upstream;
