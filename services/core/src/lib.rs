@@ -9,6 +9,7 @@
 //! - [`NarInfo`], [`fingerprint`], [`Compression`]: narinfo parse/render/sign.
 //! - [`SecretKey`], [`PublicKey`], [`Signature`]: Nix's `name:base64` keys.
 //! - [`nar`]: streaming NAR hash ([`NarHasher`]) and validating reader.
+//! - [`nar_writer`]: NAR framing, push-style ([`NarWriter`]), byte-string names.
 //! - [`Locator`]: where a NAR can be fetched; [`rendezvous_order`].
 //! - [`CacheInfo`]: renders `/nix-cache-info`.
 //!
@@ -20,6 +21,7 @@ pub mod cache_info;
 pub mod hash;
 pub mod locator;
 pub mod nar;
+pub mod nar_writer;
 pub mod narinfo;
 pub mod signing;
 pub mod store_path;
@@ -28,6 +30,7 @@ pub use cache_info::CacheInfo;
 pub use hash::{Hash, HashAlgo};
 pub use locator::{rendezvous_order, FileFacts, FileLocator, Locator, LocatorError};
 pub use nar::{NarError, NarHasher, NarReader, NarStats};
+pub use nar_writer::{NarWriteError, NarWriter};
 pub use narinfo::{fingerprint, Compression, NarInfo};
 pub use signing::{PublicKey, SecretKey, Signature};
 pub use store_path::{StorePath, StorePathHash, STORE_DIR};
