@@ -318,6 +318,5 @@ pub(crate) fn ensure_wal_files(db: &Path) -> Result<bool, StoreError> {
 }
 
 fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+    rustix::process::getuid().as_raw()
 }

@@ -13,11 +13,13 @@ use ds_core::{Hash, Signature, StorePath, StorePathHash};
 use futures::Stream;
 
 mod db;
+mod lookup;
 mod nar;
 mod scan;
 mod uri;
 
-pub use nar::NAR_CHUNK_SIZE;
+pub use lookup::{Lookup, LOOKUP_CAPACITY};
+pub use nar::{BATCH_CHUNKS, NAR_CHUNK_SIZE, VERIFIED_CAPACITY};
 pub use scan::{ScanSummary, ScannedPath, NIX_SCHEMA};
 
 /// Errors from the local store.
@@ -136,6 +138,8 @@ pub struct LocalStore {
     /// Physical directory of the logical `/nix/store`.
     store_dir: PathBuf,
     db: db::Db,
+    lookups: lookup::LookupCache,
+    verified: Arc<nar::VerifiedCache>,
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -157,10 +161,13 @@ impl LocalStore {
     /// keeps Nix from deleting the `-wal`/`-shm` files.
     pub fn open(uri: &StoreUri) -> Result<Self, StoreError> {
         let db = db::Db::open(uri.db_path())?;
+        let lookups = lookup::LookupCache::open(db.path())?;
         Ok(LocalStore {
             uri: uri.clone(),
             store_dir: uri.root().join("nix/store"),
             db,
+            lookups,
+            verified: Arc::default(),
         })
     }
 
@@ -193,6 +200,39 @@ impl LocalStore {
         self.db.path_info(hash)
     }
 
+    /// Like [`LocalStore::path_info`], answered from a cache (hits and
+    /// misses) while the database is unchanged (`PRAGMA data_version`,
+    /// checked on every call: a path Nix registers or deletes is seen at the
+    /// next lookup). Blocks on a cache miss (one indexed query). The
+    /// returned [`Lookup`] has slots for text rendered from it (a narinfo),
+    /// which live exactly as long as the cached answer. New (issue 8).
+    pub fn lookup(&self, hash: &StorePathHash) -> Result<Arc<Lookup>, StoreError> {
+        let version = self.lookups.current();
+        if let Some(hit) = version.and_then(|v| self.lookups.get(v, hash)) {
+            return Ok(hit);
+        }
+        let info = self.db.path_info(hash)?;
+        Ok(match version {
+            Some(v) => self.lookups.put(v, hash.clone(), info),
+            None => Arc::new(Lookup::new(info)),
+        })
+    }
+
+    /// The cached answer of [`LocalStore::lookup`] if there is a valid one,
+    /// without ever querying: cheap enough (one `PRAGMA data_version`, a
+    /// few microseconds, never waiting for a lock) to call on an async
+    /// worker; on `None` call [`LocalStore::lookup`] in `spawn_blocking`.
+    /// New (issue 8).
+    pub fn lookup_cached(&self, hash: &StorePathHash) -> Option<Arc<Lookup>> {
+        let version = self.lookups.current()?;
+        self.lookups.get(version, hash)
+    }
+
+    /// Entries in the lookup cache (for metrics and tests).
+    pub fn lookup_cache_len(&self) -> usize {
+        self.lookups.len()
+    }
+
     /// Where the path's files physically are: `ROOT/nix/store/<hash>-<name>`.
     pub fn physical_path(&self, path: &StorePath) -> PathBuf {
         self.store_dir.join(path.basename())
@@ -201,11 +241,11 @@ impl LocalStore {
     /// A blocking reader producing the path's NAR serialization, generated
     /// from the file system on the fly (never buffered whole).
     ///
-    /// Symlinks are serialized as links, never followed. A file or symlink
-    /// target whose name is not UTF-8 makes the read fail (nix-nar cannot
-    /// encode it), as does any I/O error: the output is then truncated, never
-    /// silently wrong. Does not check that the path is valid: ask
-    /// [`LocalStore::path_info`] first.
+    /// Symlinks are serialized as links, never followed; names and targets
+    /// are byte strings (a name that is not UTF-8 is served as Nix dumps
+    /// it). Any I/O error, or a file that shrinks while read, fails the
+    /// read: the output is then truncated, never silently wrong. Does not
+    /// check that the path is valid: ask [`LocalStore::path_info`] first.
     pub fn nar_reader(&self, path: &StorePath) -> Result<Box<dyn io::Read + Send>, StoreError> {
         self.nar_reader_from(path, 0)
     }
@@ -219,18 +259,57 @@ impl LocalStore {
         path: &StorePath,
         offset: u64,
     ) -> Result<Box<dyn io::Read + Send>, StoreError> {
-        Ok(Box::new(nar::NarReader::new(
-            &self.physical_path(path),
+        Ok(Box::new(nar::NarReader::new(self.nar_gen(
+            path.clone(),
             offset,
-        )?))
+            None,
+        )?)))
+    }
+
+    /// Walk the path and set up a generator (blocking).
+    pub(crate) fn nar_gen(
+        &self,
+        path: StorePath,
+        offset: u64,
+        verify: Option<(Hash, u64)>,
+    ) -> Result<nar::NarGen, StoreError> {
+        let expect = verify.map(|(nar_hash, nar_size)| nar::Expect {
+            nar_hash,
+            nar_size,
+            cache: self.verified.clone(),
+        });
+        nar::NarGen::new(&self.physical_path(&path), path, offset, expect)
+    }
+
+    /// Whether the path's files are exactly those of a NAR this store
+    /// verified in full against `nar_hash` (on an earlier
+    /// [`LocalStore::nar_stream_verified`]) and unchanged since, going by
+    /// every entry's `lstat` (device, inode, mode, size, mtime, ctime) and
+    /// the names and targets. Blocking: walks the tree, reads no contents.
+    /// See `docs/store-access.md` for what this does and does not cover.
+    /// New (issue 8); [`LocalStore::nar_stream_verified_from`] makes this
+    /// decision itself, at the moment it starts.
+    pub fn verified_unchanged(
+        &self,
+        path: &StorePath,
+        nar_hash: &Hash,
+    ) -> Result<bool, StoreError> {
+        let plan = nar::Plan::walk(&self.physical_path(path))?;
+        Ok(self.verified.hit(path, nar_hash, &plan))
+    }
+
+    /// NARs currently remembered as verified (at most [`VERIFIED_CAPACITY`]).
+    pub fn verified_len(&self) -> usize {
+        self.verified.len()
     }
 
     /// The path's NAR as an async stream of chunks of [`NAR_CHUNK_SIZE`]
-    /// bytes (the last one shorter). The blocking reader runs in
-    /// `spawn_blocking` from the first poll on (so poll it inside a Tokio
-    /// runtime) and stays at most a few chunks ahead of the consumer;
-    /// dropping the stream stops it. An error (including failing to open the
-    /// path) is the stream's last item.
+    /// bytes (the last one shorter). Pull-based: nothing runs before the
+    /// first poll, and each poll that finds no chunk ready runs one short
+    /// `spawn_blocking` step producing up to [`BATCH_CHUNKS`] chunks (so
+    /// poll it inside a Tokio runtime). A consumer that stops polling holds
+    /// an open file and at most that many chunks, never a thread. An error
+    /// (including failing to open the path) is the stream's last item.
     pub fn nar_stream(
         self: Arc<Self>,
         path: StorePath,
@@ -240,9 +319,13 @@ impl LocalStore {
 
     /// Like [`LocalStore::nar_stream`], checked against the database's
     /// `nar_hash`/`nar_size` (from [`LocalStore::path_info`]) on the
-    /// producing thread: if the files no longer match (a damaged or tampered
-    /// store), the stream's last item is an error instead of the last chunk,
-    /// so a consumer never receives a complete bad NAR.
+    /// producing side: a size mismatch fails at once; if the bytes do not
+    /// hash right (a damaged or tampered store), the stream's last item is
+    /// an error instead of the last chunk, so a consumer never receives a
+    /// complete bad NAR. A NAR that checks out is remembered (see
+    /// [`LocalStore::verified_unchanged`]); a later stream over an
+    /// unchanged tree skips hashing and instead checks, after reading each
+    /// file, that its metadata is still the walk's.
     pub fn nar_stream_verified(
         self: Arc<Self>,
         path: StorePath,
@@ -253,13 +336,30 @@ impl LocalStore {
     }
 
     /// Like [`LocalStore::nar_stream`], without the first `offset` bytes
-    /// (see [`LocalStore::nar_reader_from`]).
+    /// (see [`LocalStore::nar_reader_from`]). Not verified.
     pub fn nar_stream_from(
         self: Arc<Self>,
         path: StorePath,
         offset: u64,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         nar::stream(self, path, offset, None)
+    }
+
+    /// The NAR from `offset` on, verified like
+    /// [`LocalStore::nar_stream_verified`], for HTTP Range: if the tree is
+    /// verified and unchanged (decided when the stream starts) it skips to
+    /// `offset` without reading; otherwise it reads and hashes the prefix
+    /// too, outputs only the bytes from `offset`, and withholds the last
+    /// chunk unless the whole NAR hashes right. Either way a sequence of
+    /// Range requests can never assemble a complete bad NAR. New (issue 8).
+    pub fn nar_stream_verified_from(
+        self: Arc<Self>,
+        path: StorePath,
+        nar_hash: Hash,
+        nar_size: u64,
+        offset: u64,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        nar::stream(self, path, offset, Some((nar_hash, nar_size)))
     }
 }
 

@@ -1,437 +1,683 @@
 //! NAR serialization of store paths, generated from the file system on the
-//! fly with `nix-nar`'s encoder over a file-system view that never follows
-//! symbolic links.
+//! fly by our own writer (`ds_core::nar_writer`).
+//!
+//! A stream first walks the path once ([`Plan::walk`]): `lstat` of every
+//! entry (symlinks are never followed), directory names as byte strings
+//! sorted bytewise as Nix sorts them, and the NAR framing rendered into one
+//! in-memory buffer. The plan knows the NAR offset of every piece (framing
+//! or file contents) from sizes alone, so a stream from an offset opens the
+//! one file the offset falls in and seeks: "count, don't read".
+//!
+//! Production is pull-based ([`NarGen::batch`]): each poll of an empty
+//! stream runs one short blocking step (`spawn_blocking`) that produces at
+//! most [`BATCH_CHUNKS`] chunks and returns. A client that stops reading
+//! holds an open file and a few buffers, never a thread.
+//!
+//! The walk also yields a fingerprint of the tree's metadata, used by the
+//! verified-NAR cache ([`VerifiedCache`], see `docs/store-access.md`).
 
-use std::cmp::min;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
-use camino::{Utf8Path, Utf8PathBuf};
-use ds_core::nar::NarHasher;
-use ds_core::Hash;
+use bytes::Bytes;
+use ds_core::nar::{NarEvent, NarHasher};
+use ds_core::{Hash, NarWriter, StorePath};
 use futures::Stream;
-use nix_nar::{Encoder, FileSystem, FileSystemMetadata, NarError};
-use tokio::sync::mpsc;
 
 use crate::{LocalStore, StoreError};
-use ds_core::StorePath;
 
-/// Size of the chunks a NAR stream yields, and of the reader's buffer.
+/// Size of the chunks a NAR stream yields (the last one may be shorter).
 pub const NAR_CHUNK_SIZE: usize = 64 * 1024;
 
-/// Chunks buffered between the blocking producer and the consumer; once
-/// full, the producer waits (back-pressure from a slow client).
-const CHANNEL_DEPTH: usize = 4;
+/// Chunks produced per blocking step. One hand-off to the blocking pool
+/// per 256 KiB keeps the thread hops cheap (a hop per 64 KiB chunk cost
+/// about 6% in profiles) while a stalled client holds at most this much.
+pub const BATCH_CHUNKS: usize = 4;
 
-/// nix-nar writes each header (up to a 4095-byte symlink target plus a
-/// 255-byte name and framing) whole: either straight into a caller buffer of
-/// at least 1024 bytes, or into an internal one of this size. Our calls pass
-/// buffers of [`NAR_CHUNK_SIZE`] or of less than [`SMALL_READ`] bytes.
-const ENCODER_BUFFER: usize = 8 * 1024 + 1024;
-const SMALL_READ: usize = 1023;
+/// Verified NARs remembered (least recently used dropped first).
+pub const VERIFIED_CAPACITY: usize = 4096;
+
+/// An entry whose ctime is this close to (or after) the walk's start is
+/// not remembered as verified: a change in the same timestamp tick as an
+/// earlier one could leave ctime unchanged ("racy clean", as in git).
+const RACY_WINDOW: Duration = Duration::from_secs(1);
 
 /// Nix records only the owner's execute bit (`S_IXUSR`).
 const OWNER_EXEC: u32 = 0o100;
-
-/// nix-nar's view of the store's files: `lstat`, never `stat`, so that a
-/// symlink inside a store path is serialized as a link (even one pointing
-/// outside a chroot store), and files opened with `O_NOFOLLOW`. Paths come
-/// only from the top-level path plus names read from directories.
-struct StoreFs {
-    /// Set while the reader discards output (`nar_reader_from`): file
-    /// contents are then counted, not read.
-    discard: Arc<AtomicBool>,
-}
-
-struct StoreFile {
-    file: File,
-    pos: u64,
-    len: u64,
-    seek_needed: bool,
-    discard: Arc<AtomicBool>,
-}
 
 fn invalid_data(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-impl FileSystem for StoreFs {
-    type File = StoreFile;
+/// What `lstat` says about one entry: if none of this changed, neither did
+/// the entry (see `docs/store-access.md` for what that rests on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EntryFacts {
+    dev: u64,
+    ino: u64,
+    mode: u32,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
 
-    fn metadata(&self, path: &Utf8Path) -> io::Result<FileSystemMetadata> {
-        let meta = std::fs::symlink_metadata(path)?;
+impl EntryFacts {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        EntryFacts {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            mode: meta.mode(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    fn append_to(&self, out: &mut Vec<u8>) {
+        for word in [
+            self.dev,
+            self.ino,
+            u64::from(self.mode),
+            self.size,
+            self.mtime.0 as u64,
+            self.mtime.1 as u64,
+            self.ctime.0 as u64,
+            self.ctime.1 as u64,
+        ] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PieceKind {
+    /// `framing[start..end]`.
+    Frame { start: usize },
+    /// The contents of `files[idx]`.
+    File { idx: usize },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    /// NAR offset of the piece's first byte.
+    offset: u64,
+    len: u64,
+    kind: PieceKind,
+}
+
+#[derive(Debug)]
+struct FileEntry {
+    path: PathBuf,
+    facts: EntryFacts,
+}
+
+/// One walk of a store path: the NAR's layout without file contents.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    framing: Vec<u8>,
+    pieces: Vec<Piece>,
+    files: Vec<FileEntry>,
+    nar_size: u64,
+    /// SHA-256 over the framing (names, targets, sizes, modes) and every
+    /// entry's [`EntryFacts`].
+    fingerprint: Hash,
+    /// Some entry changed too recently to be remembered as verified.
+    racy: bool,
+}
+
+struct Walker {
+    w: NarWriter,
+    framing: Vec<u8>,
+    frame_start: usize,
+    pieces: Vec<Piece>,
+    files: Vec<FileEntry>,
+    offset: u64,
+    facts: Vec<u8>,
+    newest_ctime: (i64, i64),
+}
+
+impl Walker {
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn event(&mut self, path: &Path, ev: &NarEvent) -> Result<(), StoreError> {
+        self.w
+            .event(ev, &mut self.framing)
+            .map_err(|e| Self::io(path)(invalid_data(e.to_string())))
+    }
+
+    /// Close the framing piece written since the last file.
+    fn flush_frame(&mut self) {
+        let end = self.framing.len();
+        if end > self.frame_start {
+            let len = (end - self.frame_start) as u64;
+            self.pieces.push(Piece {
+                offset: self.offset,
+                len,
+                kind: PieceKind::Frame {
+                    start: self.frame_start,
+                },
+            });
+            self.offset += len;
+            self.frame_start = end;
+        }
+    }
+
+    fn node(&mut self, path: &Path) -> Result<(), StoreError> {
+        let meta = std::fs::symlink_metadata(path).map_err(Self::io(path))?;
+        let facts = EntryFacts::of(&meta);
+        facts.append_to(&mut self.facts);
+        self.newest_ctime = self.newest_ctime.max(facts.ctime);
         let kind = meta.file_type();
         if kind.is_dir() {
-            Ok(FileSystemMetadata::Directory)
+            self.event(path, &NarEvent::DirectoryStart)?;
+            let mut names = std::fs::read_dir(path)
+                .map_err(Self::io(path))?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(Self::io(path))?;
+            // Nix sorts entries by their bytes (std::map<std::string>).
+            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            for name in names {
+                let name_bytes = name.as_bytes().to_vec();
+                self.event(path, &NarEvent::EntryStart { name: name_bytes })?;
+                self.node(&path.join(&name))?;
+                self.event(path, &NarEvent::EntryEnd)?;
+            }
+            self.event(path, &NarEvent::DirectoryEnd)
         } else if kind.is_symlink() {
-            let target = std::fs::read_link(path)?;
-            let target_path = Utf8PathBuf::from_path_buf(target).map_err(|t| {
-                invalid_data(format!(
-                    "symlink {path}: target {t:?} is not UTF-8, which nix-nar cannot encode"
-                ))
-            })?;
-            Ok(FileSystemMetadata::Symlink { target_path })
+            let target = std::fs::read_link(path).map_err(Self::io(path))?;
+            let target = target.as_os_str().as_bytes().to_vec();
+            self.event(path, &NarEvent::Symlink { target })
         } else if kind.is_file() {
-            Ok(FileSystemMetadata::File {
+            let size = meta.len();
+            let ev = NarEvent::Regular {
                 executable: meta.mode() & OWNER_EXEC != 0,
-                length: meta.len(),
-            })
+                size,
+            };
+            self.event(path, &ev)?;
+            self.flush_frame();
+            self.pieces.push(Piece {
+                offset: self.offset,
+                len: size,
+                kind: PieceKind::File {
+                    idx: self.files.len(),
+                },
+            });
+            self.offset += size;
+            self.files.push(FileEntry {
+                path: path.to_path_buf(),
+                facts,
+            });
+            self.w
+                .contents_done(size, &mut self.framing)
+                .map_err(|e| Self::io(path)(invalid_data(e.to_string())))
         } else {
-            Err(invalid_data(format!(
-                "{path}: unsupported file type (a NAR holds only regular files, directories and symlinks)"
+            Err(Self::io(path)(invalid_data(
+                "unsupported file type (a NAR holds only regular files, directories and symlinks)"
+                    .into(),
             )))
         }
     }
+}
 
-    fn read_dir(&self, path: &Utf8Path) -> io::Result<Vec<String>> {
-        std::fs::read_dir(path)?
-            .map(|entry| {
-                entry?.file_name().into_string().map_err(|name| {
-                    invalid_data(format!(
-                        "{path}: file name {name:?} is not UTF-8, which nix-nar cannot encode"
-                    ))
-                })
-            })
-            .collect()
+impl Plan {
+    /// Walk `root` (blocking): `lstat` every entry, render the framing.
+    pub(crate) fn walk(root: &Path) -> Result<Plan, StoreError> {
+        let started = SystemTime::now();
+        let mut w = Walker {
+            w: NarWriter::new(),
+            framing: Vec::with_capacity(1024),
+            frame_start: 0,
+            pieces: Vec::new(),
+            files: Vec::new(),
+            offset: 0,
+            facts: Vec::new(),
+            newest_ctime: (i64::MIN, 0),
+        };
+        w.node(root)?;
+        w.flush_frame();
+        let mut fp = std::mem::take(&mut w.facts);
+        fp.extend_from_slice(&w.framing);
+        let racy = match started.checked_sub(RACY_WINDOW) {
+            Some(t) => {
+                let t = t
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| (d.as_secs() as i64, i64::from(d.subsec_nanos())))
+                    .unwrap_or((0, 0));
+                w.newest_ctime >= t
+            }
+            None => true,
+        };
+        Ok(Plan {
+            nar_size: w.offset,
+            fingerprint: Hash::sha256(&fp),
+            framing: w.framing,
+            pieces: w.pieces,
+            files: w.files,
+            racy,
+        })
     }
 
-    fn open(&self, path: &Utf8Path) -> io::Result<StoreFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(invalid_data(format!("{path}: no longer a regular file")));
-        }
-        Ok(StoreFile {
-            file,
-            pos: 0,
-            len: meta.len(),
-            seek_needed: false,
-            discard: self.discard.clone(),
-        })
+    /// Index of the piece holding NAR offset `pos` (`pieces.len()` at the end).
+    fn piece_at(&self, pos: u64) -> usize {
+        self.pieces.partition_point(|p| p.offset + p.len <= pos)
     }
 }
 
-impl Read for StoreFile {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // Never more than the size announced in the NAR header, so a file
-        // that grew cannot corrupt the framing (the hash check catches it).
-        let want = usize::try_from(min(buf.len() as u64, self.len - self.pos)).unwrap_or(buf.len());
-        if self.discard.load(Ordering::Relaxed) {
-            // The reader throws these bytes away: account for them only.
-            self.pos += want as u64;
-            self.seek_needed = true;
-            return Ok(want);
+/// (path, NarHash) → fingerprint of the tree that hashed to it, for the
+/// last [`VERIFIED_CAPACITY`] NARs verified.
+#[derive(Debug, Default)]
+pub(crate) struct VerifiedCache {
+    map: Mutex<HashMap<StorePath, Verified>>,
+    tick: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Verified {
+    nar_hash: Hash,
+    fingerprint: Hash,
+    used: u64,
+}
+
+impl VerifiedCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StorePath, Verified>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this walk matches what was verified for (path, nar_hash).
+    pub(crate) fn hit(&self, path: &StorePath, nar_hash: &Hash, plan: &Plan) -> bool {
+        let mut map = self.lock();
+        match map.get_mut(path) {
+            Some(v) if v.nar_hash == *nar_hash && v.fingerprint == plan.fingerprint => {
+                v.used = self.tick.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            _ => false,
         }
-        if self.seek_needed {
-            self.file.seek(SeekFrom::Start(self.pos))?;
-            self.seek_needed = false;
+    }
+
+    fn insert(&self, path: &StorePath, nar_hash: &Hash, fingerprint: Hash) {
+        let mut map = self.lock();
+        if map.len() >= VERIFIED_CAPACITY && !map.contains_key(path) {
+            // O(n) only when a new NAR was just hashed in full: cheap next to that.
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, v)| v.used)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
         }
-        let n = self.file.read(&mut buf[..want])?;
-        self.pos += n as u64;
+        let used = self.tick.fetch_add(1, Ordering::Relaxed);
+        map.insert(
+            path.clone(),
+            Verified {
+                nar_hash: nar_hash.clone(),
+                fingerprint,
+                used,
+            },
+        );
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// How a stream is checked against the database.
+pub(crate) struct Expect {
+    pub(crate) nar_hash: Hash,
+    pub(crate) nar_size: u64,
+    pub(crate) cache: Arc<VerifiedCache>,
+}
+
+struct Verify {
+    expect: Expect,
+    /// `None`: the walk matched a verified fingerprint, bytes are not hashed.
+    hasher: Option<NarHasher>,
+}
+
+/// A pull-style NAR generator over one [`Plan`]; all methods block.
+pub(crate) struct NarGen {
+    plan: Plan,
+    path: StorePath,
+    /// NAR offset of the next byte produced.
+    pos: u64,
+    /// Bytes before this offset are produced (for hashing) but not output.
+    discard_until: u64,
+    piece: usize,
+    open: Option<File>,
+    verify: Option<Verify>,
+    /// Every file read so far still had the walk's metadata after reading.
+    unchanged: bool,
+}
+
+impl NarGen {
+    /// Walk the path and position at `offset`. With `expect`: check the
+    /// size now and the hash while producing (starting at 0 unless the
+    /// verified cache vouches for this tree).
+    pub(crate) fn new(
+        physical: &Path,
+        path: StorePath,
+        offset: u64,
+        expect: Option<Expect>,
+    ) -> Result<Self, StoreError> {
+        let plan = Plan::walk(physical)?;
+        let mut verify = None;
+        let mut start = offset;
+        if let Some(expect) = expect {
+            if plan.nar_size != expect.nar_size {
+                tracing::error!(
+                    path = %path, expected_size = expect.nar_size, size = plan.nar_size,
+                    "store files do not match the Nix database: NAR size differs"
+                );
+                return Err(StoreError::Io {
+                    path: physical.to_path_buf(),
+                    source: invalid_data(format!(
+                        "NAR is {} bytes, the Nix database says NarSize {}",
+                        plan.nar_size, expect.nar_size
+                    )),
+                });
+            }
+            let known = expect.cache.hit(&path, &expect.nar_hash, &plan);
+            if !known {
+                start = 0;
+            }
+            verify = Some(Verify {
+                hasher: (!known).then(NarHasher::new),
+                expect,
+            });
+        }
+        let start = start.min(plan.nar_size);
+        Ok(NarGen {
+            piece: plan.piece_at(start),
+            pos: start,
+            discard_until: offset,
+            plan,
+            path,
+            open: None,
+            verify,
+            unchanged: true,
+        })
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.pos >= self.plan.nar_size
+    }
+
+    /// Produce up to `max` chunks of [`NAR_CHUNK_SIZE`] (fewer at the end).
+    /// The chunk holding the NAR's last byte is returned only after the
+    /// whole NAR checked out (hash, or unchanged metadata on a cache hit).
+    pub(crate) fn batch(&mut self, max: usize) -> io::Result<Vec<Bytes>> {
+        let mut out = Vec::with_capacity(max);
+        while out.len() < max && !self.is_done() {
+            let start = self.pos;
+            let chunk = self.chunk()?;
+            if let Some(h) = self.verify.as_mut().and_then(|v| v.hasher.as_mut()) {
+                h.update(&chunk);
+            }
+            if self.is_done() {
+                self.finish()?;
+            }
+            let end = self.pos;
+            if end <= self.discard_until {
+                continue;
+            }
+            let skip = self.discard_until.saturating_sub(start) as usize;
+            out.push(if skip > 0 { chunk.slice(skip..) } else { chunk });
+        }
+        Ok(out)
+    }
+
+    /// All bytes produced: check them, remember a clean verification.
+    fn finish(&mut self) -> io::Result<()> {
+        let Some(v) = self.verify.as_mut() else {
+            return Ok(());
+        };
+        match v.hasher.take() {
+            None => {
+                if !self.unchanged {
+                    return Err(invalid_data(format!(
+                        "{}: files changed while being served",
+                        self.path
+                    )));
+                }
+                Ok(())
+            }
+            Some(h) => {
+                let (hash, size) = h.finish();
+                if hash != v.expect.nar_hash || size != v.expect.nar_size {
+                    tracing::error!(
+                        path = %self.path, expected = %v.expect.nar_hash, got = %hash,
+                        "store files do not match the Nix database: aborting the transfer"
+                    );
+                    return Err(invalid_data(
+                        "NAR does not match NarHash/NarSize in the Nix database".into(),
+                    ));
+                }
+                if self.unchanged && !self.plan.racy {
+                    v.expect.cache.insert(
+                        &self.path,
+                        &v.expect.nar_hash,
+                        self.plan.fingerprint.clone(),
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The next [`NAR_CHUNK_SIZE`] bytes (fewer at the end).
+    fn chunk(&mut self) -> io::Result<Bytes> {
+        // Exactly one chunk of capacity (Vec::with_capacity is exact), not
+        // zeroed: file contents are read straight into it.
+        let mut buf = Vec::with_capacity(NAR_CHUNK_SIZE);
+        while buf.len() < NAR_CHUNK_SIZE && !self.is_done() {
+            let piece = self.plan.pieces[self.piece];
+            let within = self.pos - piece.offset;
+            let room = (NAR_CHUNK_SIZE - buf.len()) as u64;
+            let want = (piece.len - within).min(room) as usize;
+            let n = match piece.kind {
+                // An empty file: nothing to read, not even an open.
+                _ if want == 0 => 0,
+                PieceKind::Frame { start, .. } => {
+                    let from = start + within as usize;
+                    buf.extend_from_slice(&self.plan.framing[from..from + want]);
+                    want
+                }
+                PieceKind::File { idx } => self.read_file(idx, within, want, &mut buf)?,
+            };
+            self.pos += n as u64;
+            if self.pos == piece.offset + piece.len {
+                if let PieceKind::File { idx } = piece.kind {
+                    self.close_file(idx)?;
+                }
+                self.piece += 1;
+            }
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    fn read_file(
+        &mut self,
+        idx: usize,
+        within: u64,
+        want: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<usize> {
+        let entry = &self.plan.files[idx];
+        let file = match &mut self.open {
+            Some(f) => f,
+            None => {
+                let mut f = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&entry.path)
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("{}: {e}", entry.path.display()))
+                    })?;
+                if within > 0 {
+                    f.seek(SeekFrom::Start(within))?;
+                }
+                self.open.insert(f)
+            }
+        };
+        let n = read_into(file, buf, want)?;
+        if n == 0 {
+            // Never pad a shrunken file: the framing would lie.
+            return Err(invalid_data(format!(
+                "{}: file shrank while being served",
+                entry.path.display()
+            )));
+        }
         Ok(n)
     }
-}
 
-/// Blocking NAR reader: nix-nar's encoder behind a [`NAR_CHUNK_SIZE`]
-/// buffer (the encoder needs large buffers, see [`ENCODER_BUFFER`]), with an
-/// optional number of leading bytes to skip.
-pub(crate) struct NarReader {
-    enc: Encoder<StoreFs>,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-    skip: u64,
-    discard: Arc<AtomicBool>,
-}
-
-impl NarReader {
-    pub(crate) fn new(physical: &Path, skip: u64) -> Result<Self, StoreError> {
-        let io_err = |source| StoreError::Io {
-            path: physical.to_path_buf(),
-            source,
+    /// After a file's last byte: did it keep the walk's metadata?
+    fn close_file(&mut self, idx: usize) -> io::Result<()> {
+        let entry = &self.plan.files[idx];
+        let Some(f) = self.open.take() else {
+            return Ok(()); // empty file: never opened
         };
-        // Fail now, with the path, rather than on the first read.
-        std::fs::symlink_metadata(physical).map_err(io_err)?;
-        let discard = Arc::new(AtomicBool::new(false));
-        let enc = Encoder::builder(physical)
-            .internal_buffer_size(ENCODER_BUFFER)
-            .filesystem(StoreFs {
-                discard: discard.clone(),
-            })
-            .build()
-            .map_err(|e| match e {
-                NarError::IoError(e) => io_err(e),
-                other => io_err(invalid_data(other.to_string())),
-            })?;
-        Ok(NarReader {
-            enc,
-            buf: vec![0; NAR_CHUNK_SIZE].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            skip,
-            discard,
-        })
-    }
-
-    /// Generate and drop the first `skip` bytes. Headers are produced as
-    /// usual, file contents are only counted (no reads), so skipping into a
-    /// large NAR costs little more than walking its directories.
-    fn skip_now(&mut self) -> io::Result<()> {
-        while self.skip > 0 {
-            let len = match usize::try_from(self.skip) {
-                Ok(s) if s < NAR_CHUNK_SIZE => min(s, SMALL_READ),
-                _ => NAR_CHUNK_SIZE,
-            };
-            self.discard.store(true, Ordering::Relaxed);
-            let result = self.enc.read(&mut self.buf[..len]);
-            self.discard.store(false, Ordering::Relaxed);
-            match result? {
-                // Offset at or past the end: nothing left to read.
-                0 => self.skip = 0,
-                n => self.skip -= n as u64,
+        let now = EntryFacts::of(&f.metadata()?);
+        if now != entry.facts {
+            self.unchanged = false;
+            // A cache hit skips hashing: then this is the only check.
+            if self.verify.as_ref().is_some_and(|v| v.hasher.is_none()) {
+                return Err(invalid_data(format!(
+                    "{}: changed while being served",
+                    entry.path.display()
+                )));
             }
         }
         Ok(())
     }
 }
 
-impl Read for NarReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
+/// Read up to `want` bytes of `file` into `buf`'s spare capacity, which is
+/// never zeroed (zeroing 64 KiB per chunk cost about 6% of the proxy's
+/// CPU): rustix reads into uninitialised memory safely. The read may fill
+/// all the spare capacity; bytes past `want` are given back to the file.
+fn read_into(file: &mut File, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    let before = buf.len();
+    let n = loop {
+        match rustix::io::read(&*file, rustix::buffer::spare_capacity(buf)) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        self.skip_now()?;
-        if self.start == self.end {
-            if out.len() >= NAR_CHUNK_SIZE {
-                return self.enc.read(out);
-            }
-            self.end = self.enc.read(&mut self.buf)?;
-            self.start = 0;
+    };
+    if n > want {
+        buf.truncate(before + want);
+        file.seek(SeekFrom::Current(-((n - want) as i64)))?;
+        return Ok(want);
+    }
+    Ok(n)
+}
+
+/// Blocking reader over [`NarGen`], for [`LocalStore::nar_reader_from`].
+pub(crate) struct NarReader {
+    gen: NarGen,
+    ready: VecDeque<Bytes>,
+}
+
+impl NarReader {
+    pub(crate) fn new(gen: NarGen) -> Self {
+        NarReader {
+            gen,
+            ready: VecDeque::new(),
         }
-        let n = min(out.len(), self.end - self.start);
-        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
-        self.start += n;
-        Ok(n)
     }
 }
 
-/// The async NAR stream behind [`LocalStore::nar_stream_from`].
+impl io::Read for NarReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(front) = self.ready.front_mut() {
+                let n = out.len().min(front.len());
+                out[..n].copy_from_slice(&front[..n]);
+                let _ = front.split_to(n);
+                if front.is_empty() {
+                    self.ready.pop_front();
+                }
+                return Ok(n);
+            }
+            if self.gen.is_done() || out.is_empty() {
+                return Ok(0);
+            }
+            self.ready.extend(self.gen.batch(1)?);
+        }
+    }
+}
+
+/// The async NAR stream behind [`LocalStore::nar_stream_from`] and friends.
+/// Nothing runs before the first poll; each poll of an empty stream is one
+/// `spawn_blocking` step that produces up to [`BATCH_CHUNKS`] chunks (the
+/// first one also walks the tree). An error is the last item.
 pub(crate) fn stream(
     store: Arc<LocalStore>,
     path: StorePath,
     offset: u64,
-    expect: Option<(Hash, u64)>,
+    verify: Option<(Hash, u64)>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     enum State {
-        NotStarted(Arc<LocalStore>, StorePath, u64, Option<(Hash, u64)>),
-        Running(mpsc::Receiver<io::Result<Bytes>>),
+        Start(Arc<LocalStore>, StorePath, u64, Option<(Hash, u64)>),
+        Running(Box<NarGen>, VecDeque<Bytes>),
+        Done,
     }
     futures::stream::unfold(
-        State::NotStarted(store, path, offset, expect),
+        State::Start(store, path, offset, verify),
         |state| async move {
-            let mut rx = match state {
-                // Started on first poll, so an unpolled stream costs nothing.
-                State::NotStarted(store, path, offset, expect) => {
-                    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-                    tokio::task::spawn_blocking(move || match expect {
-                        None => produce(&store, &path, offset, &mut |item| {
-                            // The end marker is not data.
-                            matches!(&item, Ok(b) if b.is_empty()) || tx.blocking_send(item).is_ok()
-                        }),
-                        Some((hash, size)) => {
-                            let mut verifier = Verifier::new(hash, size);
-                            produce(&store, &path, 0, &mut |item| {
-                                verifier
-                                    .push(item)
-                                    .into_iter()
-                                    .all(|out| tx.blocking_send(out).is_ok())
-                            });
-                        }
-                    });
-                    rx
+            let step = match state {
+                State::Done => return None,
+                State::Running(gen, mut ready) => {
+                    if let Some(c) = ready.pop_front() {
+                        return Some((Ok(c), State::Running(gen, ready)));
+                    }
+                    if gen.is_done() {
+                        return None;
+                    }
+                    tokio::task::spawn_blocking(move || {
+                        let mut gen = gen;
+                        let chunks = gen.batch(BATCH_CHUNKS)?;
+                        Ok::<_, io::Error>((gen, chunks))
+                    })
+                    .await
                 }
-                State::Running(rx) => rx,
+                State::Start(store, path, offset, verify) => {
+                    tokio::task::spawn_blocking(move || {
+                        let mut gen = Box::new(store.nar_gen(path, offset, verify)?);
+                        let chunks = gen.batch(BATCH_CHUNKS)?;
+                        Ok::<_, io::Error>((gen, chunks))
+                    })
+                    .await
+                }
             };
-            let item = rx.recv().await?;
-            Some((item, State::Running(rx)))
+            match step {
+                Ok(Ok((gen, chunks))) => {
+                    let mut ready = VecDeque::from(chunks);
+                    // None: an offset at or past the end.
+                    let first = ready.pop_front()?;
+                    Some((Ok(first), State::Running(gen, ready)))
+                }
+                Ok(Err(e)) => Some((Err(e), State::Done)),
+                Err(join) => Some((
+                    Err(io::Error::other(format!("NAR producer failed: {join}"))),
+                    State::Done,
+                )),
+            }
         },
     )
-}
-
-/// Runs on a blocking thread and hands each item to `send`, then, after the
-/// last chunk, an empty chunk as the end marker (see [`Verifier`]); stops as
-/// soon as `send` says the consumer went away.
-fn produce(
-    store: &LocalStore,
-    path: &StorePath,
-    offset: u64,
-    send: &mut dyn FnMut(io::Result<Bytes>) -> bool,
-) {
-    let mut reader = match store.nar_reader_from(path, offset) {
-        Ok(r) => r,
-        Err(e) => {
-            send(Err(e.into()));
-            return;
-        }
-    };
-    loop {
-        let mut chunk = BytesMut::zeroed(NAR_CHUNK_SIZE);
-        let (filled, error) = read_full(&mut reader, &mut chunk);
-        chunk.truncate(filled);
-        if filled > 0 && !send(Ok(chunk.freeze())) {
-            return;
-        }
-        if let Some(e) = error {
-            send(Err(e));
-            return;
-        }
-        if filled < NAR_CHUNK_SIZE {
-            send(Ok(Bytes::new()));
-            return;
-        }
-    }
-}
-
-/// Checks a NAR stream against the database's NarHash and NarSize on the
-/// producing thread (so hashing runs in parallel with the socket writes).
-/// It holds back the last chunk until the hash is checked: on a mismatch
-/// the consumer gets an error instead of it, never a complete bad NAR.
-/// Empty chunks are not data: the producer sends one as its end marker.
-pub(crate) struct Verifier {
-    hasher: NarHasher,
-    held: Option<Bytes>,
-    expected: Hash,
-    expected_size: u64,
-    done: bool,
-}
-
-impl Verifier {
-    pub(crate) fn new(expected: Hash, expected_size: u64) -> Self {
-        Verifier {
-            hasher: NarHasher::new(),
-            held: None,
-            expected,
-            expected_size,
-            done: false,
-        }
-    }
-
-    /// Feed one producer item; returns what may go to the consumer now.
-    pub(crate) fn push(&mut self, item: io::Result<Bytes>) -> Vec<io::Result<Bytes>> {
-        if self.done {
-            return vec![];
-        }
-        match item {
-            Err(e) => {
-                self.done = true;
-                vec![Err(e)]
-            }
-            Ok(chunk) if chunk.is_empty() => {
-                self.done = true;
-                let (hash, size) = std::mem::take(&mut self.hasher).finish();
-                if size == self.expected_size && hash == self.expected {
-                    self.held.take().map(Ok).into_iter().collect()
-                } else {
-                    tracing::error!(
-                        expected = %self.expected, got = %hash, size, expected_size = self.expected_size,
-                        "store files do not match the Nix database: aborting the transfer"
-                    );
-                    vec![Err(invalid_data(
-                        "NAR does not match NarHash/NarSize in the Nix database".into(),
-                    ))]
-                }
-            }
-            Ok(chunk) => {
-                self.hasher.update(&chunk);
-                if self.hasher.len() > self.expected_size {
-                    self.done = true;
-                    tracing::error!(
-                        expected_size = self.expected_size,
-                        "store files do not match the Nix database: NAR longer than NarSize"
-                    );
-                    return vec![Err(invalid_data(
-                        "NAR is longer than NarSize in the Nix database".into(),
-                    ))];
-                }
-                self.held.replace(chunk).map(Ok).into_iter().collect()
-            }
-        }
-    }
-}
-
-/// Fill `buf` unless the reader ends or fails first.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (filled, Some(e)),
-        }
-    }
-    (filled, None)
-}
-
-#[cfg(test)]
-mod verifier_tests {
-    use super::*;
-
-    fn run(chunks: &[&'static [u8]], expected: &[u8], size: u64) -> Vec<io::Result<Bytes>> {
-        let mut v = Verifier::new(Hash::sha256(expected), size);
-        let mut out = vec![];
-        for c in chunks {
-            out.extend(v.push(Ok(Bytes::from_static(c))));
-        }
-        out.extend(v.push(Ok(Bytes::new())));
-        out
-    }
-
-    fn data(items: &[io::Result<Bytes>]) -> Vec<u8> {
-        items
-            .iter()
-            .filter_map(|i| i.as_ref().ok())
-            .flat_map(|b| b.to_vec())
-            .collect()
-    }
-
-    #[test]
-    fn good_stream_passes_whole() {
-        let out = run(&[b"hello", b" ", b"world"], b"hello world", 11);
-        assert!(out.iter().all(|i| i.is_ok()));
-        assert_eq!(data(&out), b"hello world");
-    }
-
-    #[test]
-    fn same_size_other_bytes_withholds_the_last_chunk() {
-        let out = run(&[b"hello", b" ", b"WORLD"], b"hello world", 11);
-        assert_eq!(data(&out), b"hello ");
-        assert!(out.last().unwrap().is_err());
-    }
-
-    #[test]
-    fn longer_and_shorter_fail() {
-        let out = run(&[b"hello", b" world!!"], b"hello world", 11);
-        assert!(out.last().unwrap().is_err());
-        assert!(data(&out).len() < 11);
-        let out = run(&[b"hello"], b"hello world", 11);
-        assert!(out.last().unwrap().is_err());
-        assert!(data(&out).is_empty());
-    }
-
-    #[test]
-    fn producer_error_passes_through() {
-        let mut v = Verifier::new(Hash::sha256(b"x"), 1);
-        let out = v.push(Err(io::Error::other("disk")));
-        assert!(out[0].is_err());
-        assert!(v.push(Ok(Bytes::from_static(b"x"))).is_empty());
-    }
 }

@@ -32,8 +32,7 @@ pub fn nix_available() -> bool {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// Derivations used by the tests. `tree` has nested directories, an
@@ -72,7 +71,7 @@ let
     while [ $i -lt 6000 ]; do echo "line $i of a file larger than one chunk"; i=$((i+1)); done > $out/big.txt
   '';
   link = mk "tb-link" ''ln -s /etc/passwd $out'';
-  # a file name that is not UTF-8 (byte 0xff): valid for Nix, not for nix-nar
+  # a file name that is not UTF-8 (byte 0xff): valid for Nix, served byte for byte
   badname = mk "tb-badname" ''mkdir $out; echo a > $out/a; echo x > "$out/$(printf '\377')"; echo z > $out/z'';
 in { inherit leaf lib app tree link badname; }
 "#;
