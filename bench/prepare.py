@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""prepare.py BASE_URL HASHES_FILE KEY_NAME TOP OUT_PREFIX
+"""prepare.py BASE_URL HASHES_FILE KEY_NAME TOP OUT_PREFIX [MISS_FILE]
 
-Warm-up and validation pass of dev/bench against one binary cache (nginx or
-distributed-store), over one keep-alive connection:
+Warm-up and validation pass of dev/bench against one binary cache (nginx,
+harmonia or distributed-store), over one keep-alive connection:
   - GET /nix-cache-info;
   - GET every <hash>.narinfo of HASHES_FILE: must be 200 and carry a
     signature by KEY_NAME (this is also what fills the proxy's signature
     cache before narinfo latency is measured);
   - GET every NAR the narinfos point to, counting the bytes received: for
-    Compression: none the count must equal NarSize (and FileSize).
+    Compression: none the count must equal NarSize (and FileSize);
+  - GET every URL path of MISS_FILE (narinfos of made-up hashes): must be 404.
 Writes OUT_PREFIX.narinfo (narinfo URL paths) and OUT_PREFIX.nar (URL paths of
 the TOP largest NARs, ties by hash: the same paths for every server), and
 prints one line: key=value facts (counts and byte totals) for dev/bench.
@@ -20,14 +21,15 @@ import urllib.parse
 
 def main():
     base, hashes_file, key_name, top, out = sys.argv[1:6]
+    miss_file = sys.argv[6] if len(sys.argv) > 6 else None
     top = int(top)
     u = urllib.parse.urlsplit(base)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
 
-    def get(path, sink=False):
+    def get(path, sink=False, want=200):
         conn.request("GET", path)
         r = conn.getresponse()
-        if r.status != 200:
+        if r.status != want:
             body = r.read()
             sys.exit(f"prepare: GET {base}{path}: HTTP {r.status}: {body[:200]!r}")
         if not sink:
@@ -66,6 +68,12 @@ def main():
         wire[h] = n
         nar_total += nar_size
         wire_total += n
+    misses = 0
+    if miss_file:
+        for path in (p.strip() for p in open(miss_file)):
+            if path:
+                get(path, want=404)
+                misses += 1
     with open(out + ".narinfo", "w") as fh:
         fh.writelines(f"/{h}.narinfo\n" for h, *_ in infos)
     sel = sorted(infos, key=lambda i: (-i[2], i[0]))[:top]
@@ -74,7 +82,7 @@ def main():
     print(f"paths={len(infos)} nar_bytes={nar_total} wire_bytes={wire_total} "
           f"sel_count={len(sel)} sel_nar_bytes={sum(i[2] for i in sel)} "
           f"sel_wire_bytes={sum(wire[i[0]] for i in sel)} sel_min_nar={sel[-1][2] if sel else 0} "
-          f"compression={infos[0][3] if infos else '?'}")
+          f"compression={infos[0][3] if infos else '?'} misses={misses}")
 
 
 if __name__ == "__main__":
