@@ -7,7 +7,8 @@ use crate::Config;
 /// Arguments every service takes.
 #[derive(Debug, clap::Args)]
 pub struct ServiceArgs {
-    /// Config file (TOML); a missing file means the defaults.
+    /// Config file (TOML). Missing at the default location: the defaults;
+    /// missing anywhere else, unreadable or invalid: an error.
     #[arg(long, env = "DISTRIBUTED_STORE_CONFIG", default_value = crate::config::DEFAULT_PATH)]
     pub config: PathBuf,
     /// Prepare the store for unprivileged reading and exit: create the Nix
@@ -18,14 +19,14 @@ pub struct ServiceArgs {
 }
 
 impl ServiceArgs {
-    /// Load the config file, or the defaults (with a warning) when it does
-    /// not exist. A file that exists but is invalid is an error.
+    /// Load the config file. Only a missing file at the default location
+    /// means the defaults (with a warning); a file that is unreadable, a
+    /// directory, invalid, or named explicitly and missing is an error
+    /// (see [`Config::load_or_default`]).
     pub fn load_config(&self) -> Result<Config, crate::ConfigError> {
-        if self.config.exists() {
-            Config::load(&self.config)
-        } else {
-            tracing::warn!("config {} not found; using defaults", self.config.display());
-            Ok(Config::default())
-        }
+        Config::load_or_default(
+            &self.config,
+            std::path::Path::new(crate::config::DEFAULT_PATH),
+        )
     }
 }

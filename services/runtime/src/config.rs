@@ -71,9 +71,14 @@ impl NarCompression {
     }
 }
 
-/// An upstream binary cache (fallback), with the keys it signs with.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+/// An upstream binary cache (fallback), with the keys it signs with:
+/// either a URL string or a table `{ url, publicKeys }`.
+///
+/// Deserialized by hand rather than `#[serde(untagged)]`: an untagged enum
+/// swallows the inner error, so a misspelled key in the table form was
+/// either accepted or reported as "did not match any variant" without
+/// naming the key. Here the table form refuses unknown keys by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamSpec {
     /// Just a URL.
     Url(String),
@@ -82,9 +87,44 @@ pub enum UpstreamSpec {
         /// Cache URL.
         url: String,
         /// Keys to trust for this upstream (added to `trustedPublicKeys`).
-        #[serde(default, rename = "publicKeys")]
         public_keys: Vec<String>,
     },
+}
+
+/// The table form of an upstream, unknown keys refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct UpstreamTable {
+    url: String,
+    #[serde(default)]
+    public_keys: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for UpstreamSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UpstreamSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a URL string or a table { url, publicKeys }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<UpstreamSpec, E> {
+                Ok(UpstreamSpec::Url(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<UpstreamSpec, A::Error> {
+                let t =
+                    UpstreamTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(UpstreamSpec::Full {
+                    url: t.url,
+                    public_keys: t.public_keys,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// Raw file contents (private: validated into [`Config`]).
@@ -217,6 +257,27 @@ pub struct Config {
     pub mappers: Vec<MapperSpec>,
     /// Optional backends (`[backends.*]`, see [`crate::plugins`]).
     pub backends: BackendsSpec,
+}
+
+/// Where the signer looks for its key when neither the systemd credential
+/// `signing-key` nor `privateKeyFile` gives one (the file the units'
+/// `LoadCredential=signing-key:` points at, docs/operating.md).
+pub const DEFAULT_PRIVATE_KEY_FILE: &str = "/etc/distributed-store/signing-key";
+
+/// The key file the signer should read when no systemd credential is
+/// present: `privateKeyFile` if set, else `default` if a file is there
+/// (anything else there, e.g. a directory, is returned too so that loading
+/// it fails loudly instead of running unsigned), else `None`.
+pub fn key_file_or_default(configured: Option<&Path>, default: &Path) -> Option<PathBuf> {
+    match configured {
+        Some(p) => Some(p.to_path_buf()),
+        // symlink_metadata: a dangling symlink at the default place is
+        // also "something there" (and then an error when read).
+        None => default
+            .symlink_metadata()
+            .is_ok()
+            .then(|| default.to_path_buf()),
+    }
 }
 
 /// Default `stateDirectory` (systemd `StateDirectory=distributed-store`).
@@ -390,6 +451,31 @@ fn invalid(path: &Option<PathBuf>, key: &str, reason: String) -> ConfigError {
 }
 
 impl Config {
+    /// The services' rule for their config file: a file that is there is
+    /// loaded, and anything wrong with it is an error (unreadable,
+    /// permission denied, a directory, invalid). Only when `path` is the
+    /// default location (`default_path`, i.e. nobody asked for a file) and
+    /// nothing is there at all do the defaults apply, with a warning. A file
+    /// somebody named that does not exist is an error too: a typo in
+    /// `DISTRIBUTED_STORE_CONFIG` or `--config` must not start a node with
+    /// the defaults.
+    pub fn load_or_default(path: &Path, default_path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::metadata(path) {
+            Ok(_) => Config::load(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == default_path => {
+                tracing::warn!("config {} not found; using defaults", path.display());
+                Ok(Config::default())
+            }
+            // Not-found of a named file, EACCES on a parent directory,
+            // ENOTDIR, ELOOP, …: `exists()` would have said "no file" to all
+            // of these and the node would have run on defaults.
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
     /// Load and validate a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -596,6 +682,97 @@ command = ["/bin/fetch"]
         assert!(
             err("[backends.bittorrent]\nengine = \"utorrent\"\nrpc = \"http://x:1\"\n")
                 .contains("engine")
+        );
+    }
+
+    #[test]
+    fn upstream_table_refuses_unknown_keys_by_name() {
+        let e = err("upstreams = [{ url = \"http://u:1\", publicKey = [] }]");
+        assert!(e.contains("publicKey"), "{e}");
+        assert!(e.contains("/etc/ds.toml"), "{e}");
+        let e = err("[[upstreams]]\nurl = \"http://u:1\"\npublickeys = []\n");
+        assert!(e.contains("publickeys"), "{e}");
+        let e = err("upstreams = [{ publicKeys = [] }]");
+        assert!(e.contains("url"), "{e}");
+        let e = err("upstreams = [42]");
+        assert!(e.contains("URL string or a table"), "{e}");
+        // Both good forms still parse.
+        let c = Config::parse(
+            &format!("upstreams = [\"http://a:1\", {{ url = \"http://b:1\", publicKeys = [\"{KEY}\"] }}]"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.upstreams[0].url, "http://a:1");
+        assert_eq!(c.upstreams[1].public_keys.len(), 1);
+    }
+
+    #[test]
+    fn load_or_default_only_defaults_for_a_missing_default_file() {
+        let d = tempfile::tempdir().unwrap();
+        let default = d.path().join("config.toml");
+        // Nothing at the default location, nothing asked for: defaults.
+        let c = Config::load_or_default(&default, &default).unwrap();
+        assert!(c.path.is_none());
+        // A named file that is not there: an error, not the defaults.
+        let named = d.path().join("typo.toml");
+        let e = Config::load_or_default(&named, &default)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("typo.toml"), "{e}");
+        // A directory where the file should be (even at the default path).
+        std::fs::create_dir(&default).unwrap();
+        let e = Config::load_or_default(&default, &default)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.toml"), "{e}");
+        // A path through a regular file (ENOTDIR): `exists()` says false.
+        let file = d.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let through = file.join("config.toml");
+        assert!(Config::load_or_default(&through, &through).is_err());
+        // Permission denied: a file we cannot read, and a file in a
+        // directory we cannot search. Root reads anything, so this part
+        // only proves something for an unprivileged user; the check that
+        // the mode took effect keeps it honest.
+        use std::os::unix::fs::PermissionsExt;
+        let secret = d.path().join("secret.toml");
+        std::fs::write(&secret, "").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
+        if std::fs::read(&secret).is_err() {
+            assert!(Config::load_or_default(&secret, &secret).is_err());
+            let locked = d.path().join("locked");
+            std::fs::create_dir(&locked).unwrap();
+            let inner = locked.join("config.toml");
+            std::fs::write(&inner, "").unwrap();
+            std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+            let e = Config::load_or_default(&inner, &inner)
+                .unwrap_err()
+                .to_string();
+            std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+            assert!(e.contains("ermission denied"), "{e}");
+        }
+        // A real file is loaded.
+        let good = d.path().join("good.toml");
+        std::fs::write(&good, "priority = 7\n").unwrap();
+        assert_eq!(
+            Config::load_or_default(&good, &default).unwrap().priority,
+            7
+        );
+    }
+
+    #[test]
+    fn key_at_the_default_location_is_used_when_none_is_configured() {
+        let d = tempfile::tempdir().unwrap();
+        let default = d.path().join("signing-key");
+        let set = Path::new("/run/keys/k");
+        assert_eq!(key_file_or_default(None, &default), None);
+        assert_eq!(key_file_or_default(Some(set), &default), Some(set.into()));
+        std::fs::write(&default, "k:x").unwrap();
+        assert_eq!(key_file_or_default(None, &default), Some(default.clone()));
+        assert_eq!(key_file_or_default(Some(set), &default), Some(set.into()));
+        assert_eq!(
+            DEFAULT_PRIVATE_KEY_FILE, "/etc/distributed-store/signing-key",
+            "the path docs/operating.md and the units' LoadCredential= name"
         );
     }
 

@@ -29,7 +29,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut signals = service::Signals::install()?;
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-    let key = match key_source(creds.as_deref(), config.private_key_file.as_deref()) {
+    // Credential first, then privateKeyFile, then the documented default
+    // place: a key put at /etc/distributed-store/signing-key (as
+    // docs/operating.md says) is used even where no LoadCredential= brings
+    // it, e.g. under `distributed-store up`.
+    let configured = ds_runtime::config::key_file_or_default(
+        config.private_key_file.as_deref(),
+        std::path::Path::new(ds_runtime::config::DEFAULT_PRIVATE_KEY_FILE),
+    );
+    let key = match key_source(creds.as_deref(), configured.as_deref()) {
         Some(p) => {
             let key = load_key(&p)?;
             tracing::info!(key = %key.public(), "loaded signing key from {}", p.display());
