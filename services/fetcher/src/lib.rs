@@ -18,6 +18,7 @@ pub mod backend;
 pub mod cache;
 pub mod dbus;
 mod download;
+pub mod exec;
 mod fetcher;
 pub mod http;
 pub mod mirrors;
