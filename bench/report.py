@@ -121,6 +121,15 @@ if HARMONIA_MISSING:
 else:
     print(f"- harmonia: {R.get('harmonia.version', '?')}, serving the chroot store directly (its Nix DB read by "
           "harmonia itself), enable_compression = false, signing with the bench key, its default 4 workers")
+    vs = []
+    for label, key in (("narinfo/s 1 conn", "ni1.rps"), ("narinfo/s 16 conn", "ni16.rps"),
+                       ("misses/s 16 conn", "miss16.rps"), ("NAR MB/s 1 conn", "nar1.mbps"),
+                       ("NAR MB/s 16 conn", "nar16.mbps"), ("nix copy time, Nix 2.8", "copy.secs"),
+                       ("nix copy time, Nix 2.26", "mcopy.secs")):
+        r = ratio(num(f"none.{key}"), num(f"harmonia.{key}"))
+        if r is not None:
+            vs.append(f"{label} {r:.2f}x")
+    print(f"- distributed-store `none` / harmonia (above 1 is better for us, except times): {', '.join(vs)}")
 print(f"- closure: {R.get('closure.paths')} paths, {fmt((num('closure.nar_bytes') or 0) / 1e6, 0)} MB of NAR "
       f"({R.get('closure.desc', '')}); zstd wire size {fmt((num('zstd.wire_bytes') or 0) / 1e6, 0)} MB")
 print(f"- narinfo: wrk rotating over the {R.get('closure.paths')} narinfo URLs, {R.get('duration')} s per cell, "
