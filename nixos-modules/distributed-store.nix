@@ -5,10 +5,13 @@
 # package): `systemd.packages` and `services.dbus.packages` pick them up, so
 # NixOS runs the same files as every other distribution. This module only
 # writes /etc/distributed-store/config.toml, declares the two system users and
-# adds drop-ins: the socket's address, the signing key's credential, the
-# mapper's start at boot, write access to non-default state/cache
-# directories, restart triggers and hardening that repeats (never loosens)
-# what the units say.
+# adds drop-ins for what depends on the settings: the socket's address, the
+# credentials (signing key, S3 credentials), the mapper's start at boot, write
+# access to non-default state/cache directories, restart triggers, start
+# limits and resource limits computed from idleExitSec/maxConnections. The
+# hardening is the units' own and is not repeated here: the package's unit
+# files are the one list (dist/systemd/*.service), the module and the package
+# come from the same flake, and a drop-in could only add to it anyway.
 {
   config,
   lib,
@@ -75,9 +78,7 @@ let
 
   # TOML has no null: an option left at null is simply not written, and the
   # service uses its own default.
-  configFile = format.generate "distributed-store.toml" (
-    lib.filterAttrsRecursive (_: v: v != null) cfg.settings
-  );
+  configFile = format.generate "distributed-store.toml" renderedSettings;
 
   # `name:base64(32 bytes)`, the form `nix-store --generate-binary-cache-key`
   # writes to the public key file. A secret key (64 bytes) does not match,
@@ -107,78 +108,249 @@ let
     }
   );
 
-  # Repeats the units' own hardening (dist/systemd/*.service) as defaults, so
-  # a package with older unit files still gets it; nothing here is looser
-  # than the units. Note for list-valued settings: a drop-in *adds* to the
-  # unit's list, so SystemCallFilter repeats the whole allow-then-deny
-  # sequence (a bare "@system-service" would re-allow what "~@privileged"
-  # removed), and the signer's address families stay AF_UNIX only.
-  commonHardening = {
-    NoNewPrivileges = true;
-    ProtectSystem = "strict";
-    ProtectHome = true;
-    PrivateTmp = true;
-    PrivateDevices = true;
-    ProtectKernelTunables = true;
-    ProtectKernelModules = true;
-    ProtectKernelLogs = true;
-    ProtectControlGroups = true;
-    ProtectClock = true;
-    ProtectHostname = true;
-    ProtectProc = "invisible";
-    ProcSubset = "pid";
-    RestrictNamespaces = true;
-    RestrictRealtime = true;
-    RestrictSUIDSGID = true;
-    LockPersonality = true;
-    MemoryDenyWriteExecute = true;
-    SystemCallArchitectures = "native";
-    SystemCallFilter = [
-      "@system-service"
-      "~@privileged"
-      "~@resources"
-    ];
-    CapabilityBoundingSet = "";
-    UMask = "0077";
+  # Limits that depend on the settings (the units carry the values for the
+  # defaults; docs/operating.md explains each).
+  maxConnections = cfg.settings.maxConnections or 1024;
+  idleExitSec = cfg.settings.idleExitSec;
+  # Every start counts against StartLimitBurst, activation included. A
+  # service re-activated at most once per idleExitSec starts at most
+  # 60/idleExitSec + 1 times a minute; +4 more for failures. Never below the
+  # units' 20, which a crash loop (RestartSec=2s) still trips within a minute.
+  startLimitBurst = if idleExitSec == 0 then 20 else lib.max 20 (60 / idleExitSec + 5);
+  # Each connection: its socket plus a store file or a pipe (two ends while
+  # handed over) = 4, plus 1024 for the database, D-Bus, peers, upstreams.
+  limitNofile = 4 * maxConnections + 1024;
+  # Per connection: read chunk + hyper buffers + the NAR encoder (zstd level
+  # 1 ~1.3 MiB, xz preset 1 ~10 MiB), rounded up; plus 256 MiB of caches.
+  perConnectionMiB =
+    {
+      none = 1;
+      zstd = 2;
+      xz = 12;
+    }
+    .${cfg.settings.compression};
+  proxyMemoryMax = "${toString (256 + perConnectionMiB * maxConnections)}M";
+
+  # TOML has no null: drop nulls at every depth (attribute sets inside lists
+  # too, which lib.filterAttrsRecursive does not enter), and `backends` when
+  # no backend is set.
+  clean =
+    v:
+    if builtins.isAttrs v && !(v ? outPath) then
+      lib.mapAttrs (_: clean) (lib.filterAttrs (_: x: x != null) v)
+    else if builtins.isList v then
+      map clean v
+    else
+      v;
+
+  s3 = cfg.settings.backends.s3;
+  s3Credential = s3 != null && s3.credentialsFile != null;
+  # The fetcher gets the S3 credentials as a systemd credential; the config
+  # names the file where systemd puts it.
+  s3CredentialPath = "/run/credentials/distributed-store-fetcher.service/s3-credentials";
+  renderedSettings =
+    let
+      c = clean cfg.settings;
+      b = c.backends or { };
+      b' =
+        if s3Credential then
+          b // { s3 = b.s3 // { credentialsFile = s3CredentialPath; }; }
+        else
+          b;
+    in
+    (builtins.removeAttrs c [ "backends" ]) // lib.optionalAttrs (b' != { }) { backends = b'; };
+
+  urlType = types.strMatching "https?://[^[:space:]]+";
+  nullOr = t: mkOption {
+    type = types.nullOr t;
+    default = null;
+  };
+  deadlineOption = mkOption {
+    type = types.nullOr types.ints.positive;
+    default = null;
+    description = "Milliseconds this one gets to answer (the service's default when null).";
+  };
+  # The services check these again (and name the key); here they fail at
+  # evaluation, before a switch.
+  commandType = types.addCheck (types.nonEmptyListOf types.str) (l: lib.hasPrefix "/" (builtins.head l)) // {
+    description = "non-empty list of strings whose first element is an absolute path";
   };
 
-  proxyHardening = commonHardening // {
-    RestrictAddressFamilies = [
-      "AF_UNIX"
-      "AF_INET"
-      "AF_INET6"
-    ];
-    StateDirectory = "distributed-store";
-    CacheDirectory = "distributed-store";
+  mapperType = types.submodule {
+    options = {
+      type = mkOption {
+        type = types.enum [
+          "folder"
+          "http"
+          "command"
+        ];
+        description = ''
+          `folder`: an nss-mapper folder (`path`); `http`: another node's or
+          service's mapper over HTTP (`url`); `command`: a program that
+          answers lookups as JSON lines (`command`). docs/backends.md.
+        '';
+      };
+      path = nullOr absolutePath // {
+        description = "`folder`: the folder (`DIR/<first char>/<sha>.yaml`).";
+      };
+      url = nullOr urlType // {
+        description = "`http`: base URL of the mapper.";
+      };
+      command = nullOr commandType // {
+        description = "`command`: program and arguments (absolute program path).";
+      };
+      deadlineMs = deadlineOption;
+    };
   };
 
-  # The mapper and the fetcher run as the proxy's user and, like the proxy,
-  # talk HTTP to peers and upstreams; each owns one of its directories.
-  mapperHardening = commonHardening // {
-    RestrictAddressFamilies = [
-      "AF_UNIX"
-      "AF_INET"
-      "AF_INET6"
-    ]
-    # discovery (mDNS) lists the interface addresses with getifaddrs (netlink)
-    ++ lib.optional cfg.settings.discovery "AF_NETLINK";
-    StateDirectory = "distributed-store";
+  backendsType = types.submodule {
+    options = {
+      mirrors = nullOr (
+        types.submodule {
+          options = {
+            urls = mkOption {
+              type = types.nonEmptyListOf urlType;
+              description = "HTTP(S) binary caches or NAR mirrors, tried round-robin with failover.";
+            };
+            lookup = nullOr types.bool // {
+              description = "Also ask the mirrors for narinfos (the service's default when null).";
+            };
+          };
+        }
+      ) // {
+        description = "HTTP mirrors backend (`[backends.mirrors]`).";
+      };
+      ipfs = nullOr (
+        types.submodule {
+          options = {
+            api = nullOr urlType // {
+              description = "kubo RPC API, e.g. `http://127.0.0.1:5001`.";
+            };
+            gateway = nullOr urlType // {
+              description = "Trustless gateway, e.g. `http://127.0.0.1:8080`.";
+            };
+            publish = mkOption {
+              type = types.bool;
+              default = false;
+              description = "Add this node's NARs to the IPFS node and record their CIDs.";
+            };
+          };
+        }
+      ) // {
+        description = "IPFS backend (`[backends.ipfs]`): needs `api` or `gateway`. See also {option}`services.distributed-store.ipfs.enable`.";
+      };
+      bittorrent = nullOr (
+        types.submodule {
+          options = {
+            engine = mkOption {
+              type = types.enum [
+                "transmission"
+                "aria2"
+              ];
+              description = "External BitTorrent engine driven over its RPC.";
+            };
+            rpc = mkOption {
+              type = urlType;
+              description = "The engine's RPC URL, e.g. `http://127.0.0.1:9091/transmission/rpc`.";
+            };
+            rpcSecretFile = nullOr absolutePath // {
+              description = "File holding the RPC secret (aria2 token / transmission user:password).";
+            };
+            trackers = mkOption {
+              type = types.listOf (types.strMatching "(https?|udp)://[^[:space:]]+");
+              default = [ ];
+              description = "Announce URLs put in the torrents this node makes.";
+            };
+            downloadDirectory = nullOr absolutePath // {
+              description = "Where the engine writes downloads (must be readable by the fetcher).";
+            };
+            publish = mkOption {
+              type = types.bool;
+              default = false;
+              description = "Make a torrent for each of this node's NARs and seed it.";
+            };
+          };
+        }
+      ) // {
+        description = "BitTorrent backend (`[backends.bittorrent]`). See also {option}`services.distributed-store.bittorrent.enable`.";
+      };
+      s3 = nullOr (
+        types.submodule {
+          options = {
+            bucket = mkOption {
+              type = types.strMatching ".+";
+              description = "Bucket name.";
+            };
+            endpoint = nullOr urlType // {
+              description = "Endpoint of an S3-compatible store (AWS when null).";
+            };
+            region = nullOr types.str // {
+              description = "Region.";
+            };
+            prefix = mkOption {
+              type = types.str;
+              default = "";
+              description = "Key prefix of the binary-cache layout in the bucket.";
+            };
+            credentialsFile = nullOr absolutePath // {
+              description = ''
+                Credentials file, outside the Nix store. The module hands it to
+                the fetcher alone as the systemd credential `s3-credentials`
+                (`LoadCredential=`) and writes that credential's path into the
+                config.
+              '';
+            };
+            lookup = nullOr types.bool // {
+              description = "Also look narinfos up in the bucket (the service's default when null).";
+            };
+            publish = mkOption {
+              type = types.bool;
+              default = false;
+              description = "Upload this node's NARs and narinfos.";
+            };
+          };
+        }
+      ) // {
+        description = "S3 backend (`[backends.s3]`).";
+      };
+      command = nullOr (
+        types.submodule {
+          options = {
+            command = mkOption {
+              type = commandType;
+              description = "Program (absolute path) and arguments that write a NAR to stdout for a locator.";
+            };
+            deadlineMs = deadlineOption;
+          };
+        }
+      ) // {
+        description = "External-program backend (`[backends.command]`).";
+      };
+    };
   };
 
-  fetcherHardening = commonHardening // {
-    RestrictAddressFamilies = [
-      "AF_UNIX"
-      "AF_INET"
-      "AF_INET6"
-    ];
-    CacheDirectory = "distributed-store";
-  };
+  mapperProblems = lib.concatLists (
+    lib.imap0 (
+      i: m:
+      let
+        want = {
+          folder = "path";
+          http = "url";
+          command = "command";
+        };
+        set = lib.filter (k: m.${k} != null) [
+          "path"
+          "url"
+          "command"
+        ];
+      in
+      lib.optional (set != [ want.${m.type} ])
+        "settings.mappers.${toString i} (type = \"${m.type}\") needs `${want.${m.type}}` and none of the others (has: ${toString set})"
+    ) cfg.settings.mappers
+  );
+  ipfsBad = cfg.settings.backends.ipfs != null && cfg.settings.backends.ipfs.api == null && cfg.settings.backends.ipfs.gateway == null;
+  s3InStore = s3Credential && lib.hasPrefix "/nix/store/" s3.credentialsFile;
 
-  signerHardening = commonHardening // {
-    # The signer talks D-Bus only; it never needs a network.
-    PrivateNetwork = true;
-    RestrictAddressFamilies = [ "AF_UNIX" ];
-  };
 in
 {
   options.services.distributed-store = {
@@ -189,18 +361,64 @@ in
       hold, a D-Bus-activated fetcher that downloads and verifies NARs, and a
       D-Bus-activated signer that holds the signing key'';
 
-    package = mkOption {
-      type = types.package;
-      default =
-        pkgs.distributed-store or (throw ''
-          services.distributed-store.package: pkgs.distributed-store does not exist.
-          Import the flake's nixosModules.default (it sets this option), add its
-          overlays.default to nixpkgs.overlays, or set this option to the package.'');
-      defaultText = lib.literalExpression "pkgs.distributed-store";
-      description = ''
-        The distributed-store package. It must ship the unit files, the
-        D-Bus policy and the D-Bus activation files (the flake's package does).
+    package = lib.mkPackageOption pkgs "distributed-store" {
+      extraDescription = ''
+        It must ship the unit files, the D-Bus policy and the D-Bus
+        activation files (the flake's package does; the flake's
+        nixosModules.default sets this option to it).
       '';
+    };
+
+    ipfs = {
+      enable = lib.mkEnableOption ''
+        a local IPFS node (kubo, {option}`services.kubo`) for the IPFS
+        backend: its RPC API and gateway on loopback only, and
+        {option}`settings.backends.ipfs` pointed at it unless set'';
+      offline = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Run kubo with `--offline` and no bootstrap peers: it serves and
+          stores blocks for this machine (and for peers that connect to it
+          directly) but joins no public network. Turn off to let it join
+          the public IPFS network.
+        '';
+      };
+      apiPort = mkOption {
+        type = types.port;
+        default = 5001;
+        description = "TCP port of kubo's RPC API on 127.0.0.1.";
+      };
+      gatewayPort = mkOption {
+        type = types.port;
+        default = 8080;
+        description = "TCP port of kubo's gateway on 127.0.0.1.";
+      };
+    };
+
+    bittorrent = {
+      enable = lib.mkEnableOption ''
+        a local BitTorrent engine (transmission, {option}`services.transmission`)
+        for the BitTorrent backend: RPC on loopback only, and
+        {option}`settings.backends.bittorrent` pointed at it unless set'';
+      rpcPort = mkOption {
+        type = types.port;
+        default = 9091;
+        description = "TCP port of transmission's RPC on 127.0.0.1.";
+      };
+      dht = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Let transmission use the mainline DHT and peer exchange (public
+          network). Off: peers come from the trackers only.
+        '';
+      };
+      tracker.enable = lib.mkEnableOption ''
+        a BitTorrent tracker on this machine (opentracker,
+        {option}`services.opentracker`) on 127.0.0.1:6969, added to the
+        backend's trackers; open it to the fleet yourself if others should
+        announce to it'';
     };
 
     addToSubstituters = mkOption {
@@ -417,6 +635,33 @@ in
             description = ''
               Seconds without requests after which a service exits; socket
               and D-Bus activation start it again on demand. `0`: never.
+              The units' `StartLimitBurst=` is raised to match (every
+              activation counts as a start).
+            '';
+          };
+
+          mappers = mkOption {
+            type = types.listOf mapperType;
+            default = [ ];
+            example = lib.literalExpression ''
+              [
+                { type = "folder"; path = "/srv/ds-index"; }
+                { type = "http"; url = "http://build1:5496"; deadlineMs = 300; }
+              ]
+            '';
+            description = ''
+              Extra mappers (`[[mappers]]`), asked in order after the local
+              index and the fleet; the first answer wins.
+            '';
+          };
+
+          backends = mkOption {
+            type = backendsType;
+            default = { };
+            description = ''
+              Optional backends (`[backends.*]`) the fetcher may get NARs
+              from; every one is verified while streaming and falls back to
+              the next, then to the upstreams. docs/backends.md.
             '';
           };
         };
@@ -436,6 +681,22 @@ in
               system closure), so the key would no longer be secret. Keep the key outside
               the store (e.g. /run/keys/distributed-store.sec, or a path managed by
               agenix/sops-nix) and give its path as a string, not a Nix path literal.
+            '';
+          }
+          {
+            assertion = mapperProblems == [ ];
+            message = lib.concatStringsSep "\n" mapperProblems;
+          }
+          {
+            assertion = !ipfsBad;
+            message = "services.distributed-store.settings.backends.ipfs needs `api` (kubo RPC) or `gateway` (or set services.distributed-store.ipfs.enable).";
+          }
+          {
+            assertion = !s3InStore;
+            message = ''
+              services.distributed-store.settings.backends.s3.credentialsFile is in the Nix
+              store, which is world-readable. Keep it outside (e.g. /run/keys/s3) and give
+              its path as a string.
             '';
           }
           {
@@ -494,7 +755,11 @@ in
 
         systemd.services.distributed-store-proxy = {
           restartTriggers = [ configFile ];
-          serviceConfig = lib.mapAttrs (_: lib.mkDefault) proxyHardening;
+          unitConfig.StartLimitBurst = startLimitBurst;
+          serviceConfig = {
+            LimitNOFILE = limitNofile;
+            MemoryMax = proxyMemoryMax;
+          };
         };
 
         # D-Bus activation would start the mapper on the proxy's first
@@ -504,8 +769,18 @@ in
         systemd.services.distributed-store-mapper = {
           wantedBy = [ "multi-user.target" ];
           restartTriggers = [ configFile ];
+          unitConfig.StartLimitBurst = startLimitBurst;
           serviceConfig = lib.mkMerge [
-            (lib.mapAttrs (_: lib.mkDefault) mapperHardening)
+            # The unit allows netlink for mDNS; without discovery, reset the
+            # list (an empty assignment) and leave it out.
+            (lib.mkIf (!cfg.settings.discovery) {
+              RestrictAddressFamilies = [
+                ""
+                "AF_UNIX"
+                "AF_INET"
+                "AF_INET6"
+              ];
+            })
             (lib.mkIf (stateDir != defaultStateDirectory) { ReadWritePaths = [ stateDir ]; })
           ];
         };
@@ -513,9 +788,11 @@ in
         # D-Bus activated by the proxy's first Fetch.
         systemd.services.distributed-store-fetcher = {
           restartTriggers = [ configFile ];
+          unitConfig.StartLimitBurst = startLimitBurst;
           serviceConfig = lib.mkMerge [
-            (lib.mapAttrs (_: lib.mkDefault) fetcherHardening)
+            { LimitNOFILE = limitNofile; }
             (lib.mkIf (cacheDir != defaultCacheDirectory) { ReadWritePaths = [ cacheDir ]; })
+            (lib.mkIf s3Credential { LoadCredential = [ "s3-credentials:${s3.credentialsFile}" ]; })
           ];
         };
 
@@ -525,8 +802,8 @@ in
 
         systemd.services.distributed-store-signer = {
           restartTriggers = [ configFile ];
+          unitConfig.StartLimitBurst = startLimitBurst;
           serviceConfig = lib.mkMerge [
-            (lib.mapAttrs (_: lib.mkDefault) signerHardening)
             (lib.mkIf (keyFile != null) {
               # Replace the unit's default source of the credential.
               LoadCredential = [
@@ -537,6 +814,53 @@ in
           ];
         };
       }
+
+      (lib.mkIf cfg.ipfs.enable {
+        services.kubo = {
+          enable = true;
+          localDiscovery = false;
+          settings.Addresses.API = "/ip4/127.0.0.1/tcp/${toString cfg.ipfs.apiPort}";
+          settings.Addresses.Gateway = "/ip4/127.0.0.1/tcp/${toString cfg.ipfs.gatewayPort}";
+          settings.Bootstrap = lib.mkIf cfg.ipfs.offline [ ];
+          extraFlags = lib.optional cfg.ipfs.offline "--offline";
+        };
+        services.distributed-store.settings.backends.ipfs = lib.mkDefault {
+          api = "http://127.0.0.1:${toString cfg.ipfs.apiPort}";
+          gateway = "http://127.0.0.1:${toString cfg.ipfs.gatewayPort}";
+        };
+      })
+
+      (lib.mkIf cfg.bittorrent.enable {
+        services.transmission = {
+          enable = true;
+          settings = {
+            rpc-bind-address = "127.0.0.1";
+            rpc-port = cfg.bittorrent.rpcPort;
+            rpc-whitelist-enabled = true;
+            rpc-whitelist = "127.0.0.1";
+            dht-enabled = cfg.bittorrent.dht;
+            pex-enabled = cfg.bittorrent.dht;
+            lpd-enabled = false;
+            download-dir = lib.mkDefault "/var/lib/transmission/Downloads";
+            # 022: the fetcher (group transmission) reads what it downloads.
+            umask = 18;
+          };
+        };
+        users.users.distributed-store.extraGroups = [ "transmission" ];
+        services.distributed-store.settings.backends.bittorrent = lib.mkDefault {
+          engine = "transmission";
+          rpc = "http://127.0.0.1:${toString cfg.bittorrent.rpcPort}/transmission/rpc";
+          downloadDirectory = "/var/lib/transmission/Downloads";
+          trackers = lib.optional cfg.bittorrent.tracker.enable "http://127.0.0.1:6969/announce";
+        };
+      })
+
+      (lib.mkIf (cfg.bittorrent.enable && cfg.bittorrent.tracker.enable) {
+        services.opentracker = {
+          enable = true;
+          extraOptions = "-i 127.0.0.1 -p 6969 -P 6969";
+        };
+      })
 
       (lib.mkIf cfg.openFirewall {
         networking.firewall.allowedTCPPorts = [ port ];

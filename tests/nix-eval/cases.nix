@@ -247,4 +247,157 @@ in
       settings.stateDirectory = "var/lib/ds";
     };
   };
+
+  # issue 9: mappers and backends, rendered as the services read them.
+  plugins = {
+    services.distributed-store = {
+      enable = true;
+      settings = {
+        mappers = [
+          {
+            type = "folder";
+            path = "/srv/ds-index";
+          }
+          {
+            type = "http";
+            url = "http://build1:5496";
+            deadlineMs = 300;
+          }
+          {
+            type = "command";
+            command = [
+              "/run/current-system/sw/bin/my-mapper"
+              "--json"
+            ];
+          }
+        ];
+        backends = {
+          mirrors.urls = [
+            "http://mirror1:8080"
+            "https://mirror2.example.org/cache"
+          ];
+          ipfs = {
+            api = "http://127.0.0.1:5001";
+            publish = true;
+          };
+          bittorrent = {
+            engine = "aria2";
+            rpc = "http://127.0.0.1:6800/jsonrpc";
+            rpcSecretFile = "/run/keys/aria2";
+            trackers = [ "udp://tracker.lan:6969" ];
+          };
+          s3 = {
+            bucket = "nars";
+            endpoint = "http://127.0.0.1:9000";
+            credentialsFile = "/run/keys/s3";
+          };
+          command.command = [ "/usr/local/bin/fetch-nar" ];
+        };
+      };
+    };
+  };
+
+  ipfs-enable = {
+    services.distributed-store = {
+      enable = true;
+      ipfs.enable = true;
+    };
+  };
+
+  ipfs-online = {
+    services.distributed-store = {
+      enable = true;
+      ipfs = {
+        enable = true;
+        offline = false;
+        apiPort = 5101;
+      };
+    };
+  };
+
+  bittorrent-enable = {
+    services.distributed-store = {
+      enable = true;
+      bittorrent = {
+        enable = true;
+        tracker.enable = true;
+      };
+    };
+  };
+
+  # A short idleExitSec and many connections: the limits follow.
+  limits = {
+    services.distributed-store = {
+      enable = true;
+      settings = {
+        idleExitSec = 2;
+        maxConnections = 4096;
+        compression = "xz";
+      };
+    };
+  };
+
+  # Assertions (evaluate, but the assertion fails with a message).
+  mapper-wrong-field = {
+    services.distributed-store = {
+      enable = true;
+      settings.mappers = [
+        {
+          type = "folder";
+          url = "http://x:1";
+        }
+      ];
+    };
+  };
+
+  ipfs-no-endpoint = {
+    services.distributed-store = {
+      enable = true;
+      settings.backends.ipfs.publish = true;
+    };
+  };
+
+  s3-credentials-in-store = {
+    services.distributed-store = {
+      enable = true;
+      settings.backends.s3 = {
+        bucket = "b";
+        credentialsFile = "/nix/store/00000000000000000000000000000000-s3";
+      };
+    };
+  };
+
+  # Evaluation errors (types).
+  bad-mapper-type = {
+    services.distributed-store = {
+      enable = true;
+      settings.mappers = [
+        {
+          type = "gopher";
+          url = "http://x:1";
+        }
+      ];
+    };
+  };
+
+  bad-backend-command = {
+    services.distributed-store = {
+      enable = true;
+      settings.backends.command.command = [ "fetch-nar" ];
+    };
+  };
+
+  bad-backend-key = {
+    services.distributed-store = {
+      enable = true;
+      settings.backends.carrierpigeon = { };
+    };
+  };
+
+  bad-mirror-url = {
+    services.distributed-store = {
+      enable = true;
+      settings.backends.mirrors.urls = [ "ftp://m" ];
+    };
+  };
 }

@@ -84,6 +84,17 @@ for name, sec in (("proxy", ps), ("signer", ss)):
 check("proxy StateDirectory/CacheDirectory = distributed-store (the module repeats them)",
       ps.get("StateDirectory") == ["distributed-store"] and ps.get("CacheDirectory") == ["distributed-store"],
       (ps.get("StateDirectory"), ps.get("CacheDirectory")))
+check("proxy start limit 20/60s (re-activation every idleExitSec >= 4)",
+      proxy.get("Unit", {}).get("StartLimitBurst") == ["20"], proxy.get("Unit"))
+check("proxy LimitNOFILE=5120 (4 x maxConnections 1024 + 1024) and MemoryMax",
+      ps.get("LimitNOFILE") == ["5120"] and bool(ps.get("MemoryMax")), (ps.get("LimitNOFILE"), ps.get("MemoryMax")))
+# The module no longer repeats the hardening: the units must carry it all.
+for name, sec in (("proxy", ps), ("signer", ss)):
+    check(f"{name} hardening in the unit (ProtectSystem=strict, NoNewPrivileges, SystemCallFilter allow-then-deny, no capabilities)",
+          sec.get("ProtectSystem") == ["strict"] and sec.get("NoNewPrivileges") == ["yes"]
+          and sec.get("SystemCallFilter") == ["@system-service", "~@privileged @resources"]
+          and sec.get("CapabilityBoundingSet") == [""], sec)
+check("signer off the network (PrivateNetwork=yes)", ss.get("PrivateNetwork") == ["yes"], ss.get("PrivateNetwork"))
 ds = act.get("D-BUS Service", {})
 check("activation file names the signer unit",
       ds.get("Name") == ["org.distributedstore.Signer1"] and ds.get("SystemdService") == ["distributed-store-signer.service"], ds)
@@ -109,7 +120,9 @@ for name, iface, stype in (("mapper", "Mapper1", "StateDirectory"), ("fetcher", 
     check(f"{name} reads /etc/distributed-store/config.toml",
           sv.get("Environment") == ["DISTRIBUTED_STORE_CONFIG=/etc/distributed-store/config.toml"], sv.get("Environment"))
     check(f"{name} watchdog and Restart=on-failure", bool(sv.get("WatchdogSec")) and sv.get("Restart") == ["on-failure"], sv)
-    check(f"{name} start limit like the others", u.get("Unit", {}).get("StartLimitBurst") == ["5"], u.get("Unit"))
+    check(f"{name} start limit like the others (20/60s: re-activation every idleExitSec >= 4)",
+          u.get("Unit", {}).get("StartLimitBurst") == ["20"] and u.get("Unit", {}).get("StartLimitIntervalSec") == ["60"],
+          u.get("Unit"))
     check(f"{name} runs as the proxy's user",
           sv.get("User") == ["distributed-store"] and sv.get("Group") == ["distributed-store"], (sv.get("User"), sv.get("Group")))
     check(f"{name} {stype}=distributed-store (and not the other)", sv.get(stype) == ["distributed-store"]

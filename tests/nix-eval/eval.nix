@@ -29,7 +29,7 @@ let
     config:
     let
       unit = u: {
-        inherit (u) wantedBy requires after;
+        inherit (u) wantedBy requires after unitConfig;
         restartTriggers = map toString u.restartTriggers;
       };
     in
@@ -63,6 +63,9 @@ let
       nixSettings = config.nix.settings;
       failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
       warnings = config.warnings;
+      kubo = config.services.kubo;
+      transmission = config.services.transmission;
+      opentracker = config.services.opentracker;
     };
 
   module = ../../nixos-modules/distributed-store.nix;

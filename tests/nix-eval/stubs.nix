@@ -175,6 +175,81 @@ in
       default = [ ];
     };
 
+    # The parts of nixpkgs' services.kubo, services.transmission and
+    # services.opentracker that the module sets (same names and types).
+    services.kubo = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      localDiscovery = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      extraFlags = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      settings = mkOption {
+        default = { };
+        type = types.submodule {
+          freeformType = types.attrsOf types.unspecified;
+          options.Addresses.API = mkOption {
+            type = types.oneOf [
+              types.str
+              (types.listOf types.str)
+            ];
+            default = [ ];
+          };
+          options.Addresses.Gateway = mkOption {
+            type = types.oneOf [
+              types.str
+              (types.listOf types.str)
+            ];
+            default = [ ];
+          };
+        };
+      };
+    };
+    services.transmission = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      settings = mkOption {
+        default = { };
+        type = types.submodule {
+          freeformType = types.attrsOf types.unspecified;
+          options.download-dir = mkOption {
+            type = types.str;
+            default = "/var/lib/transmission/Downloads";
+          };
+          options.rpc-port = mkOption {
+            type = types.port;
+            default = 9091;
+          };
+          options.rpc-bind-address = mkOption {
+            type = types.str;
+            default = "127.0.0.1";
+          };
+          options.umask = mkOption {
+            type = types.either types.int types.str;
+            default = 18;
+          };
+        };
+      };
+    };
+    services.opentracker = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      extraOptions = mkOption {
+        type = types.separatedString " ";
+        default = "";
+      };
+    };
+
     nix.settings = mkOption {
       default = { };
       type = types.submodule {
