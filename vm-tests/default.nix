@@ -20,4 +20,5 @@ in
   vm-three-node = import ./three-node.nix common;
   vm-upstream-down = import ./upstream-down.nix common;
   vm-busctl = import ./busctl.nix common;
+  vm-ipfs = import ./ipfs.nix common;
 }

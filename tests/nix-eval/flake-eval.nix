@@ -140,6 +140,7 @@ let
           "peer"
         ];
         vm-busctl = [ "machine" ];
+        vm-ipfs = [ "machine" ];
       };
     in
     {
@@ -158,10 +159,11 @@ let
           "services"
         ]
       ) srcEntries;
-      "${system}: checks = package + the three VM tests" = check (
+      "${system}: checks = package + the four VM tests" = check (
         builtins.attrNames checks == [
           "package"
           "vm-busctl"
+          "vm-ipfs"
           "vm-three-node"
           "vm-upstream-down"
         ]
