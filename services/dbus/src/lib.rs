@@ -164,6 +164,11 @@ pub trait Mapper1 {
     fn lookup(&self, hash: &str, upstream_only: bool)
         -> Result<(String, Vec<String>), MapperError>;
 
+    /// Resolve from this node's own index only (folder and command mappers;
+    /// never peers, upstreams or remote mappers): what the proxy serves
+    /// other nodes at `GET /_ds/v1/lookup/<hash>`. `NotFound` when unknown.
+    fn lookup_local(&self, hash: &str) -> Result<(String, Vec<String>), MapperError>;
+
     /// This node's announcement since `(epoch, since)` (what `GET
     /// /_ds/v1/announce` serves to peers). A different epoch, or a version
     /// too old for the kept change log, gives a full list.

@@ -11,20 +11,27 @@
 //! - [`mapper`]: the [`mapper::Mapper`] trait and [`mapper::Stack`].
 //! - [`upstream`], [`fleet`]: the upstream and peer mappers and their
 //!   composition with the rendezvous chain.
+//! - [`folder`], [`remote`], [`command`]: the folder index (nss-mapper
+//!   layout), another node's mapper over HTTP, an external program.
+//! - [`stack`]: the mapper stack built from the config.
 //! - [`service`]: the D-Bus object.
 
 pub mod announce;
+pub mod command;
 pub mod discovery;
 pub mod fleet;
+pub mod folder;
 pub mod http;
 pub mod index;
 pub mod local;
 pub mod mapper;
 pub mod mirrors;
 pub mod peers;
+pub mod remote;
 pub mod service;
+pub mod stack;
 pub mod upstream;
 
 pub use announce::AnnounceJson;
-pub use mapper::{Mapper, Mapping, Scope, Stack};
+pub use mapper::{Mapper, Mapping, Ordered, Scope, Stack};
 pub use service::MapperService;

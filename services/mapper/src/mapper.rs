@@ -120,3 +120,108 @@ impl Mapper for Stack {
         })
     }
 }
+
+/// Several mappers asked at once, answered in *priority* order: the answer
+/// of layer `i` is taken once every layer before it has missed (or passed
+/// its deadline), so a fast folder never overrides the fleet, yet a slow
+/// fleet miss does not delay it beyond the fleet's deadline. Locators of
+/// later layers that already answered with the same NarHash are appended
+/// (deduplicated): the IPFS CID from a folder joins the fleet's peers.
+#[derive(Default)]
+pub struct Ordered {
+    layers: Vec<(Arc<dyn Mapper>, Duration)>,
+    name: String,
+}
+
+impl Ordered {
+    /// An empty stack (answers nothing).
+    pub fn new() -> Self {
+        Ordered {
+            layers: Vec::new(),
+            name: "ordered()".into(),
+        }
+    }
+
+    /// Add a mapper (lowest priority so far) with its deadline.
+    pub fn push(mut self, mapper: Arc<dyn Mapper>, deadline: Duration) -> Self {
+        self.layers.push((mapper, deadline));
+        self.name = format!(
+            "ordered({})",
+            self.layers
+                .iter()
+                .map(|(m, _)| m.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        self
+    }
+
+    /// Number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// True without layers.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+impl Mapper for Ordered {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        hash: &'a StorePathHash,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<Option<Mapping>, MapError>> {
+        Box::pin(async move {
+            let mut pending: FuturesUnordered<_> = self
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, (m, deadline))| async move {
+                    let r = match tokio::time::timeout(*deadline, m.lookup(hash, scope)).await {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(e)) => {
+                            tracing::info!(%hash, "{e}");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!(mapper = m.name(), %hash, "no answer within {deadline:?}");
+                            None
+                        }
+                    };
+                    (i, r)
+                })
+                .collect();
+            // None: still running; Some(r): finished with r.
+            let mut done: Vec<Option<Option<Mapping>>> = vec![None; self.layers.len()];
+            while let Some((i, r)) = pending.next().await {
+                done[i] = Some(r);
+                // The first layer that is not a finished miss decides.
+                let Some(first) = done.iter().position(|d| !matches!(d, Some(None))) else {
+                    return Ok(None);
+                };
+                let Some(Some(winner)) = &done[first] else {
+                    continue;
+                };
+                let mut answer = winner.clone();
+                for later in done[first + 1..].iter().flatten().flatten() {
+                    if later.narinfo.nar_hash != answer.narinfo.nar_hash {
+                        continue;
+                    }
+                    for l in &later.locators {
+                        if !answer.locators.contains(l) {
+                            answer.locators.push(l.clone());
+                        }
+                    }
+                }
+                return Ok(Some(answer));
+            }
+            Ok(None)
+        })
+    }
+}

@@ -18,7 +18,7 @@ use crate::discovery::Discovery;
 use crate::fleet::{FleetMapper, PeerMapper};
 use crate::index::{Index, IndexError};
 use crate::local::LocalPaths;
-use crate::mapper::{Mapper, Scope};
+use crate::mapper::{Mapper, Ordered, Scope};
 use crate::peers::{poll_loop, Peers};
 use crate::upstream::UpstreamMapper;
 
@@ -41,6 +41,7 @@ pub struct MapperService {
     peers: Arc<Peers>,
     index: Arc<Index>,
     mapper: Arc<dyn Mapper>,
+    local_mapper: Arc<dyn Mapper>,
     inflight: Mutex<HashMap<String, Instant>>,
     cache: Mutex<HashMap<(String, bool), (Instant, Answer)>>,
     found: AtomicU64,
@@ -78,16 +79,46 @@ impl MapperService {
             keys,
             config.peer_timeout,
         ));
+        let fleet_deadline = config.peer_timeout.max(config.upstream_timeout);
         let fleet = Arc::new(FleetMapper::new(
             local.epoch().to_string(),
             peers.clone(),
             peer_mapper,
             upstream,
-            config.peer_timeout.max(config.upstream_timeout),
+            fleet_deadline,
         ));
-        Ok(Arc::new(Self::with_mapper(
-            local, peers, index, fleet, activity,
-        )))
+        let stacks = crate::stack::build(config, fleet, fleet_deadline);
+        Ok(Arc::new(
+            Self::with_mapper(local, peers, index, Arc::new(stacks.full), activity)
+                .with_local_mapper(Arc::new(stacks.local)),
+        ))
+    }
+
+    /// Replace the mapper that answers [`MapperService::resolve_local`]
+    /// (the HTTP lookup route): folder and command mappers only.
+    pub fn with_local_mapper(mut self, mapper: Arc<dyn Mapper>) -> Self {
+        self.local_mapper = mapper;
+        self
+    }
+
+    /// Lookup from this node's own index only (folder and command mappers;
+    /// no peers, no upstreams, no remote mappers), for the read-only HTTP
+    /// lookup route: a node asked by another never fans out, so mappers
+    /// that list each other cannot loop. Not cached (these are local reads).
+    pub async fn resolve_local(&self, hash: &str) -> Result<(String, Vec<String>), MapperError> {
+        let _busy = self.activity.busy();
+        let parsed = StorePathHash::parse(hash)
+            .map_err(|e| MapperError::InvalidArgs(format!("{hash:?}: {e}")))?;
+        match self.local_mapper.lookup(&parsed, Scope::Fleet).await {
+            Ok(Some(m)) => Ok((
+                m.narinfo.render(),
+                m.locators.iter().map(|l| l.to_string()).collect(),
+            )),
+            Ok(None) => Err(MapperError::NotFound(format!(
+                "this node's index does not have {hash}"
+            ))),
+            Err(e) => Err(MapperError::NotFound(format!("{hash}: {e}"))),
+        }
     }
 
     /// Assemble from parts (tests, or a caller with its own mapper stack).
@@ -103,6 +134,7 @@ impl MapperService {
             peers,
             index,
             mapper,
+            local_mapper: Arc::new(Ordered::new()),
             inflight: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
             found: AtomicU64::new(0),
@@ -286,6 +318,12 @@ impl DbusObject {
         upstream_only: bool,
     ) -> Result<(String, Vec<String>), MapperError> {
         self.0.resolve(hash, upstream_only).await
+    }
+
+    /// Resolve from this node's own index only (folder and command
+    /// mappers): what `GET /_ds/v1/lookup/<hash>` serves to other nodes.
+    async fn lookup_local(&self, hash: &str) -> Result<(String, Vec<String>), MapperError> {
+        self.0.resolve_local(hash).await
     }
 
     /// This node's announcement since `(epoch, since)`.

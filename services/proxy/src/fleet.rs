@@ -124,6 +124,12 @@ impl Fleet {
         }
     }
 
+    /// The D-Bus connection to the suite, if any (the lookup route calls
+    /// the mapper's `LookupLocal` on it).
+    pub fn connection(&self) -> Option<&zbus::Connection> {
+        self.conn.as_ref()
+    }
+
     async fn mapper(&self) -> Option<Mapper1Proxy<'static>> {
         let conn = self.conn.as_ref()?;
         Mapper1Proxy::builder(conn)
