@@ -41,6 +41,10 @@ pub const NAR_CHUNK_SIZE: usize = 64 * 1024;
 /// about 6% in profiles) while a stalled client holds at most this much.
 pub const BATCH_CHUNKS: usize = 4;
 
+/// Chunks produced per blocking step at most, output or not: bounds how
+/// long one step holds a blocking thread (4 MiB: a few milliseconds).
+const DISCARD_STEP: usize = 64;
+
 /// Verified NARs remembered (least recently used dropped first).
 pub const VERIFIED_CAPACITY: usize = 4096;
 
@@ -420,9 +424,14 @@ impl NarGen {
     /// Produce up to `max` chunks of [`NAR_CHUNK_SIZE`] (fewer at the end).
     /// The chunk holding the NAR's last byte is returned only after the
     /// whole NAR checked out (hash, or unchanged metadata on a cache hit).
+    /// While hashing a prefix that is not output (a verified Range on a
+    /// cache miss) at most [`DISCARD_STEP`] chunks are produced per call,
+    /// so the result may be empty before the end: call again.
     pub(crate) fn batch(&mut self, max: usize) -> io::Result<Vec<Bytes>> {
         let mut out = Vec::with_capacity(max);
-        while out.len() < max && !self.is_done() {
+        let mut produced = 0;
+        while out.len() < max && produced < DISCARD_STEP && !self.is_done() {
+            produced += 1;
             let start = self.pos;
             let chunk = self.chunk()?;
             if let Some(h) = self.verify.as_mut().and_then(|v| v.hasher.as_mut()) {
@@ -640,44 +649,172 @@ pub(crate) fn stream(
     futures::stream::unfold(
         State::Start(store, path, offset, verify),
         |state| async move {
-            let step = match state {
-                State::Done => return None,
-                State::Running(gen, mut ready) => {
-                    if let Some(c) = ready.pop_front() {
-                        return Some((Ok(c), State::Running(gen, ready)));
+            let mut state = state;
+            loop {
+                let step = match state {
+                    State::Done => return None,
+                    State::Running(gen, mut ready) => {
+                        if let Some(c) = ready.pop_front() {
+                            return Some((Ok(c), State::Running(gen, ready)));
+                        }
+                        if gen.is_done() {
+                            return None;
+                        }
+                        tokio::task::spawn_blocking(move || {
+                            let mut gen = gen;
+                            let chunks = gen.batch(BATCH_CHUNKS)?;
+                            Ok::<_, io::Error>((gen, chunks))
+                        })
+                        .await
                     }
-                    if gen.is_done() {
-                        return None;
+                    State::Start(store, path, offset, verify) => {
+                        tokio::task::spawn_blocking(move || {
+                            let mut gen = Box::new(store.nar_gen(path, offset, verify)?);
+                            let chunks = gen.batch(BATCH_CHUNKS)?;
+                            Ok::<_, io::Error>((gen, chunks))
+                        })
+                        .await
                     }
-                    tokio::task::spawn_blocking(move || {
-                        let mut gen = gen;
-                        let chunks = gen.batch(BATCH_CHUNKS)?;
-                        Ok::<_, io::Error>((gen, chunks))
-                    })
-                    .await
-                }
-                State::Start(store, path, offset, verify) => {
-                    tokio::task::spawn_blocking(move || {
-                        let mut gen = Box::new(store.nar_gen(path, offset, verify)?);
-                        let chunks = gen.batch(BATCH_CHUNKS)?;
-                        Ok::<_, io::Error>((gen, chunks))
-                    })
-                    .await
-                }
-            };
-            match step {
-                Ok(Ok((gen, chunks))) => {
-                    let mut ready = VecDeque::from(chunks);
-                    // None: an offset at or past the end.
-                    let first = ready.pop_front()?;
-                    Some((Ok(first), State::Running(gen, ready)))
-                }
-                Ok(Err(e)) => Some((Err(e), State::Done)),
-                Err(join) => Some((
-                    Err(io::Error::other(format!("NAR producer failed: {join}"))),
-                    State::Done,
-                )),
+                };
+                // An empty batch before the end (a hashed prefix): step again.
+                state = match step {
+                    Ok(Ok((gen, chunks))) => State::Running(gen, VecDeque::from(chunks)),
+                    Ok(Err(e)) => return Some((Err(e), State::Done)),
+                    Err(join) => {
+                        return Some((
+                            Err(io::Error::other(format!("NAR producer failed: {join}"))),
+                            State::Done,
+                        ))
+                    }
+                };
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    const SP: &str = "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-t";
+
+    /// A tree with one file of three chunks, its NAR and hash.
+    fn tree() -> (tempfile::TempDir, PathBuf, Vec<u8>, Hash) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("t");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("f"), vec![7u8; 3 * NAR_CHUNK_SIZE]).unwrap();
+        let gen = NarGen::new(&root, StorePath::parse(SP).unwrap(), 0, None).unwrap();
+        let mut nar = Vec::new();
+        NarReader::new(gen).read_to_end(&mut nar).unwrap();
+        let hash = Hash::sha256(&nar);
+        (dir, root, nar, hash)
+    }
+
+    fn gen(root: &Path, hash: &Hash, size: u64, cache: &Arc<VerifiedCache>) -> NarGen {
+        let expect = Expect {
+            nar_hash: hash.clone(),
+            nar_size: size,
+            cache: cache.clone(),
+        };
+        NarGen::new(root, StorePath::parse(SP).unwrap(), 0, Some(expect)).unwrap()
+    }
+
+    fn drain(g: &mut NarGen) -> io::Result<u64> {
+        let mut n = 0;
+        while !g.is_done() {
+            n += g.batch(1)?.iter().map(|c| c.len() as u64).sum::<u64>();
+        }
+        Ok(n)
+    }
+
+    /// On a cache hit nothing is hashed: a file rewritten while it is
+    /// being served must still fail the stream (fstat after reading).
+    #[test]
+    fn hit_fails_when_a_file_changes_mid_stream() {
+        let (_dir, root, nar, hash) = tree();
+        let cache = Arc::new(VerifiedCache::default());
+        let path = StorePath::parse(SP).unwrap();
+        cache.insert(&path, &hash, Plan::walk(&root).unwrap().fingerprint);
+        let mut g = gen(&root, &hash, nar.len() as u64, &cache);
+        assert!(g.verify.as_ref().unwrap().hasher.is_none(), "a hit");
+        g.batch(1).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(root.join("f"), vec![8u8; 3 * NAR_CHUNK_SIZE]).unwrap();
+        let err = drain(&mut g).unwrap_err();
+        assert!(
+            err.to_string().contains("changed while being served"),
+            "{err}"
+        );
+    }
+
+    /// On a miss, a rewrite with the same bytes still hashes right (served)
+    /// but is not remembered as verified; an undisturbed stream is.
+    #[test]
+    fn miss_remembers_only_an_undisturbed_tree() {
+        let (_dir, root, nar, hash) = tree();
+        let cache = Arc::new(VerifiedCache::default());
+        let mut g = gen(&root, &hash, nar.len() as u64, &cache);
+        g.batch(1).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(root.join("f"), vec![7u8; 3 * NAR_CHUNK_SIZE]).unwrap();
+        drain(&mut g).unwrap();
+        assert_eq!(cache.len(), 0);
+        // Fresh ctimes are "racy": wait them out, then it is remembered.
+        std::thread::sleep(RACY_WINDOW + Duration::from_millis(100));
+        let mut g = gen(&root, &hash, nar.len() as u64, &cache);
+        assert_eq!(drain(&mut g).unwrap(), nar.len() as u64);
+        assert_eq!(cache.len(), 1);
+    }
+
+    /// A verified Range on a miss hashes the prefix in bounded steps: an
+    /// empty batch before the end is allowed, the suffix is exact.
+    #[test]
+    fn verified_range_far_into_a_large_nar() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("big");
+        let data: Vec<u8> = (0..(DISCARD_STEP + 5) * NAR_CHUNK_SIZE)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&root, &data).unwrap();
+        let mut nar = Vec::new();
+        let plain = NarGen::new(&root, StorePath::parse(SP).unwrap(), 0, None).unwrap();
+        NarReader::new(plain).read_to_end(&mut nar).unwrap();
+        let cache = Arc::new(VerifiedCache::default());
+        let offset = nar.len() as u64 - 100_000;
+        let expect = Expect {
+            nar_hash: Hash::sha256(&nar),
+            nar_size: nar.len() as u64,
+            cache,
+        };
+        let g = NarGen::new(&root, StorePath::parse(SP).unwrap(), offset, Some(expect)).unwrap();
+        let mut got = Vec::new();
+        NarReader::new(g).read_to_end(&mut got).unwrap();
+        assert!(got == nar[offset as usize..]);
+    }
+
+    #[test]
+    fn lru_drops_the_least_recently_used() {
+        let (_dir, root, _nar, hash) = tree();
+        let plan = Plan::walk(&root).unwrap();
+        let cache = VerifiedCache::default();
+        let paths: Vec<StorePath> = (0..=VERIFIED_CAPACITY)
+            .map(|i| {
+                StorePath::parse(&format!("/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-p{i}"))
+                    .unwrap()
+            })
+            .collect();
+        for p in &paths[..VERIFIED_CAPACITY] {
+            cache.insert(p, &hash, plan.fingerprint.clone());
+        }
+        assert!(cache.hit(&paths[0], &hash, &plan), "touch the oldest");
+        cache.insert(&paths[VERIFIED_CAPACITY], &hash, plan.fingerprint.clone());
+        assert_eq!(cache.len(), VERIFIED_CAPACITY);
+        assert!(cache.hit(&paths[0], &hash, &plan));
+        assert!(
+            !cache.hit(&paths[1], &hash, &plan),
+            "least recently used dropped"
+        );
+    }
 }
