@@ -24,6 +24,7 @@ pub mod http;
 pub mod mirrors;
 pub mod nar_file;
 mod reader;
+pub mod s3;
 
 pub use backend::{Backend, BackendError, ByteStream, Opened, Publisher, Registry};
 pub use dbus::{DbusMapper, FetcherObject};
