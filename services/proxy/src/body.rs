@@ -1,41 +1,286 @@
-//! NAR response bodies: the store's NAR stream (verified against the
-//! database's NarHash by `ds_store`, see `LocalStore::nar_stream_verified`),
-//! optionally compressed, cut to length for Range, counted.
+//! NAR response bodies: local NARs read and verified chunk by chunk on the
+//! bounded blocking pool ([`local_nar`]), remote ones verified as they pass
+//! ([`verified`]), optionally compressed off the async workers
+//! ([`compress`]), cut to a verified window for Range ([`window`]), counted.
 
 use std::pin::Pin;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use ds_core::{Hash, StorePath};
 use ds_runtime::config::NarCompression;
+use ds_store::LocalStore;
 use futures::{Stream, StreamExt, TryStreamExt};
 
-/// Chunk size of compressed output.
-const CHUNK: usize = 64 * 1024;
+/// Size of the chunks a local NAR is read in (one blocking call each).
+pub const READ_CHUNK: usize = 128 * 1024;
 
 /// A stream of body chunks.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
-/// Compress a stream with the given algorithm (`None` passes it through).
-pub fn compress(inner: ByteStream, compression: NarCompression) -> ByteStream {
-    use async_compression::tokio::bufread::{XzEncoder, ZstdEncoder};
-    use async_compression::Level;
-    use tokio_util::io::{ReaderStream, StreamReader};
-    match compression {
-        // Pass the store's 64 KiB chunks straight through: a reader/stream
-        // round trip here would re-chunk them into 4 KiB pieces.
-        NarCompression::None => inner,
-        // Level 1: on the fly, speed matters more than the last few percent
-        // of size (zstd -1 is markedly faster than the default -3).
-        NarCompression::Zstd => Box::pin(ReaderStream::with_capacity(
-            ZstdEncoder::with_quality(StreamReader::new(inner), Level::Precise(1)),
-            CHUNK,
-        )),
-        // xz at its default preset runs at a few MB/s; preset 1 keeps
-        // on-the-fly compression usable and still beats zstd on size.
-        NarCompression::Xz => Box::pin(ReaderStream::with_capacity(
-            XzEncoder::with_quality(StreamReader::new(inner), Level::Precise(1)),
-            CHUNK,
-        )),
+/// One compressor, fed chunk by chunk on the blocking pool.
+enum Encoder {
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+    Xz(liblzma::write::XzEncoder<Vec<u8>>),
+}
+
+impl Encoder {
+    fn new(compression: NarCompression) -> std::io::Result<Option<Self>> {
+        Ok(match compression {
+            NarCompression::None => None,
+            // Level 1: on the fly, speed matters more than the last few
+            // percent of size (zstd -1 is markedly faster than the default -3).
+            NarCompression::Zstd => Some(Encoder::Zstd(zstd::stream::write::Encoder::new(
+                Vec::new(),
+                1,
+            )?)),
+            // xz at its default preset runs at a few MB/s; preset 1 keeps
+            // on-the-fly compression usable and still beats zstd on size.
+            NarCompression::Xz => Some(Encoder::Xz(liblzma::write::XzEncoder::new(Vec::new(), 1))),
+        })
     }
+
+    /// Compress `input`; returns what the encoder let out so far.
+    fn push(&mut self, input: &[u8]) -> std::io::Result<Vec<u8>> {
+        use std::io::Write;
+        match self {
+            Encoder::Zstd(e) => {
+                e.write_all(input)?;
+                Ok(std::mem::take(e.get_mut()))
+            }
+            Encoder::Xz(e) => {
+                e.write_all(input)?;
+                Ok(std::mem::take(e.get_mut()))
+            }
+        }
+    }
+
+    /// End the compressed stream; returns the rest of it.
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Encoder::Zstd(e) => e.finish(),
+            Encoder::Xz(e) => e.finish(),
+        }
+    }
+}
+
+/// Compress a stream with the given algorithm (`None` passes it through).
+///
+/// Each input chunk is compressed in one [`crate::blocking::run`] call, so
+/// the encoder never runs on an async worker, and nothing is held while the
+/// client does not read (the next chunk is compressed only when the body is
+/// polled for it).
+pub fn compress(inner: ByteStream, compression: NarCompression) -> ByteStream {
+    let encoder = match Encoder::new(compression) {
+        Ok(None) => return inner,
+        Ok(Some(e)) => e,
+        Err(e) => return Box::pin(futures::stream::iter([Err(e)])),
+    };
+    Box::pin(futures::stream::unfold(
+        (inner, Some(encoder)),
+        |(mut inner, encoder)| async move {
+            let mut encoder = encoder?;
+            loop {
+                match inner.next().await {
+                    Some(Ok(chunk)) => {
+                        let step = crate::blocking::run(move || {
+                            let out = encoder.push(&chunk);
+                            (encoder, out)
+                        })
+                        .await;
+                        match step {
+                            Ok((e, Ok(out))) => {
+                                encoder = e;
+                                if !out.is_empty() {
+                                    return Some((Ok(Bytes::from(out)), (inner, Some(encoder))));
+                                }
+                            }
+                            Ok((_, Err(e))) | Err(e) => return Some((Err(e), (inner, None))),
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), (inner, None))),
+                    None => {
+                        let out = crate::blocking::run(move || encoder.finish())
+                            .await
+                            .and_then(|r| r);
+                        return Some((out.map(Bytes::from), (inner, None)));
+                    }
+                }
+            }
+        },
+    ))
+}
+
+/// What one blocking read of a local NAR gave.
+enum Step {
+    Chunk(Reading, Bytes),
+    End(Reading),
+    Failed(std::io::Error),
+}
+
+/// A local NAR being read: the reader (opened by the first read) and the
+/// hash of everything read so far.
+struct Reading {
+    reader: Option<Box<dyn std::io::Read + Send>>,
+    hasher: ds_core::NarHasher,
+}
+
+/// One chunk of a local NAR, read and hashed on the calling (blocking) thread.
+fn read_step(store: &LocalStore, path: &StorePath, mut reading: Reading) -> Step {
+    let reader = match &mut reading.reader {
+        Some(r) => r,
+        None => match store.nar_reader(path) {
+            Ok(r) => reading.reader.insert(r),
+            Err(e) => return Step::Failed(std::io::Error::other(e)),
+        },
+    };
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Step::Failed(e),
+        }
+    }
+    if filled == 0 {
+        return Step::End(reading);
+    }
+    buf.truncate(filled);
+    reading.hasher.update(&buf);
+    Step::Chunk(reading, Bytes::from(buf))
+}
+
+/// The NAR of a path valid in the local store, verified against its NarHash
+/// and NarSize from the database, pulled: each chunk is read and hashed in
+/// one [`crate::blocking::run`] call when the body is polled for it, so a
+/// client that stops reading holds no thread. The last chunk is withheld
+/// until the whole NAR matched: a damaged or tampered store ends the body
+/// with an error, never with a complete bad NAR.
+pub fn local_nar(store: Arc<LocalStore>, path: StorePath, expected: Hash, size: u64) -> ByteStream {
+    struct St {
+        store: Arc<LocalStore>,
+        path: StorePath,
+        reading: Option<Reading>,
+        held: Option<Bytes>,
+        expected: Hash,
+        size: u64,
+    }
+    let st = St {
+        store,
+        path,
+        reading: Some(Reading {
+            reader: None,
+            hasher: ds_core::NarHasher::new(),
+        }),
+        held: None,
+        expected,
+        size,
+    };
+    let mismatch = |path: &StorePath, what: String| {
+        tracing::error!(path = %path, "store files do not match the Nix database: {what}; aborting the transfer");
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("store files do not match the Nix database: {what}"),
+        )
+    };
+    Box::pin(futures::stream::unfold(st, move |mut st| async move {
+        loop {
+            let reading = st.reading.take()?;
+            let (store, path) = (st.store.clone(), st.path.clone());
+            let step = crate::blocking::run(move || read_step(&store, &path, reading)).await;
+            match step {
+                Ok(Step::Chunk(reading, chunk)) => {
+                    if reading.hasher.len() > st.size {
+                        let e =
+                            mismatch(&st.path, format!("NAR longer than its NarSize {}", st.size));
+                        return Some((Err(e), st));
+                    }
+                    st.reading = Some(reading);
+                    if let Some(prev) = st.held.replace(chunk) {
+                        return Some((Ok(prev), st));
+                    }
+                }
+                Ok(Step::End(reading)) => {
+                    let (hash, len) = reading.hasher.finish();
+                    if len != st.size {
+                        let e = mismatch(
+                            &st.path,
+                            format!("NAR ended after {len} of {} bytes", st.size),
+                        );
+                        return Some((Err(e), st));
+                    }
+                    if hash != st.expected {
+                        let e = mismatch(&st.path, "NAR does not match its NarHash".into());
+                        return Some((Err(e), st));
+                    }
+                    return st.held.take().map(|last| (Ok(last), st));
+                }
+                Ok(Step::Failed(e)) | Err(e) => {
+                    tracing::warn!(path = %st.path, "reading the NAR failed: {e}");
+                    return Some((Err(e), st));
+                }
+            }
+        }
+    }))
+}
+
+/// Bytes `start..=end` of `inner` (a stream of the whole NAR that ends
+/// with an error unless it verified, see [`local_nar`] and [`verified`]),
+/// for HTTP Range. The whole of `inner` is consumed: the prefix is read but
+/// not sent, and the last piece of the range is withheld until `inner`
+/// ended cleanly, so a Range response, like a full one, never completes
+/// with bytes of a NAR that failed verification.
+pub fn window(inner: ByteStream, start: u64, end: u64) -> ByteStream {
+    struct St {
+        inner: ByteStream,
+        pos: u64,
+        held: Option<Bytes>,
+        done: bool,
+    }
+    let st = St {
+        inner,
+        pos: 0,
+        held: None,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(st, move |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            match st.inner.next().await {
+                Some(Ok(chunk)) => {
+                    let (from, to) = (st.pos, st.pos + chunk.len() as u64);
+                    st.pos = to;
+                    let (a, b) = (from.max(start), to.min(end + 1));
+                    if a < b {
+                        let piece = chunk.slice((a - from) as usize..(b - from) as usize);
+                        if let Some(prev) = st.held.replace(piece) {
+                            return Some((Ok(prev), st));
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                None => {
+                    st.done = true;
+                    if st.pos <= end {
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("NAR ended at byte {} before the range's end {end}", st.pos),
+                        );
+                        return Some((Err(e), st));
+                    }
+                    return st.held.take().map(|last| (Ok(last), st));
+                }
+            }
+        }
+    }))
 }
 
 /// Serve only the first `len` bytes of `inner` (HTTP Range: the store's

@@ -3,35 +3,42 @@
 //! Routes: `/nix-cache-info`, `/<hash>.narinfo` (GET, HEAD),
 //! `/nar/<hash>-<narhash>.nar[.zst|.xz]` (GET, HEAD; Range when
 //! uncompressed), `/metrics`. NARs are generated from the store on the fly,
-//! verified against the database while streaming and compressed on the fly.
+//! verified against the database while streaming and compressed on the fly,
+//! chunk by chunk on a bounded blocking pool (see [`blocking`]).
 //! narinfo files carry the signatures stored with the path plus this node's
-//! own (from the signer over D-Bus, once per path).
+//! own (from the signer over D-Bus, once per fingerprint).
 
+pub mod blocking;
 pub mod body;
+pub mod error;
 pub mod fleet;
+pub mod lookup;
 pub mod metrics;
 pub mod route;
 pub mod server;
 pub mod signing;
 pub mod status;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use ds_core::{CacheInfo, NarInfo, StorePathHash};
-use ds_runtime::config::NarCompression;
+use ds_core::{CacheInfo, NarInfo, Signature, StorePathHash};
+use ds_runtime::config::{NarCompression, SignPaths};
 use ds_runtime::Config;
 use ds_store::{LocalStore, PathInfo};
 use futures::StreamExt;
 
+pub use crate::error::ProxyError;
 use crate::fleet::{FetchError, Fleet, Hop, Resolved};
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::route::Route;
 use crate::signing::SignerClient;
-use crate::status::Stats;
+
+/// `Retry-After` (seconds) of a narinfo answered 503 because this node's
+/// signature could not be had.
+const SIGNER_RETRY_AFTER: u32 = 5;
 
 /// Everything a request handler needs.
 pub struct App {
@@ -43,12 +50,12 @@ pub struct App {
     pub signer: Arc<SignerClient>,
     /// The mapper and the fetcher (paths this store lacks).
     pub fleet: Arc<Fleet>,
-    /// Prometheus metrics.
-    pub metrics: Metrics,
-    /// Counters for D-Bus status.
-    pub stats: Arc<Stats>,
+    /// Prometheus metrics, also read by the D-Bus status object.
+    pub metrics: Arc<Metrics>,
     cache_info: String,
 }
+
+type Answer = Result<Response<Body>, ProxyError>;
 
 impl App {
     /// Build the app state.
@@ -57,7 +64,7 @@ impl App {
         store: Arc<LocalStore>,
         signer: Arc<SignerClient>,
         fleet: Arc<Fleet>,
-        stats: Arc<Stats>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let cache_info = CacheInfo {
             store_dir: ds_core::STORE_DIR.to_string(),
@@ -70,8 +77,7 @@ impl App {
             store,
             signer,
             fleet,
-            metrics: Metrics::new(),
-            stats,
+            metrics,
             cache_info,
         }
     }
@@ -79,60 +85,19 @@ impl App {
     /// Handle one request (the whole HTTP API).
     pub async fn handle(self: Arc<Self>, req: Request<Body>) -> Response<Body> {
         let started = Instant::now();
-        let route = route::parse(req.uri().path());
+        // The head only: a body is never read (GET and HEAD have none).
+        let (req, _) = req.into_parts();
+        if let Some(r) = lookup::handle(&self, &req.method, req.uri.path()).await {
+            return r;
+        }
+        let route = route::parse(req.uri.path());
         let label = route.label();
-        let hop = Hop::from_header(
-            req.headers()
-                .get(fleet::HOP_HEADER)
-                .map(HeaderValue::as_bytes),
-        );
-        let response = match (req.method(), route) {
-            (_, Route::Bad(reason)) => {
-                text(StatusCode::BAD_REQUEST, format!("bad request: {reason}\n"))
-            }
-            (m, _) if m != Method::GET && m != Method::HEAD => {
-                let mut r = text(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "this cache is read-only: GET and HEAD only\n".into(),
-                );
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-                r
-            }
-            (_, Route::CacheInfo) => typed(
-                StatusCode::OK,
-                "text/x-nix-cache-info",
-                self.cache_info.clone(),
-            ),
-            (_, Route::Metrics) => typed(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics.encode(),
-            ),
-            (_, Route::NotFound) => not_found(),
-            (_, Route::Announce) => self.announce(req.uri().query().unwrap_or("")).await,
-            (_, Route::NarInfo(hash)) => self.narinfo(hash, hop).await,
-            (
-                m,
-                Route::Nar {
-                    hash,
-                    nar_hash,
-                    compression,
-                },
-            ) => {
-                self.nar(
-                    hash,
-                    &nar_hash,
-                    compression,
-                    req.headers(),
-                    m == Method::HEAD,
-                    hop,
-                )
-                .await
-            }
-        };
+        let response = self
+            .dispatch(&req, route)
+            .await
+            .unwrap_or_else(ProxyError::into_response);
         let status = response.status().as_u16();
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.metrics.requests_answered.inc();
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
@@ -144,28 +109,64 @@ impl App {
             .latency
             .get_or_create(&RouteLabels { route: label })
             .observe(started.elapsed().as_secs_f64());
-        if req.method() == Method::HEAD {
-            let (parts, _) = response.into_parts();
+        if req.method == Method::HEAD {
+            // The length GET would send, without the body.
+            let (mut parts, body) = response.into_parts();
+            if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+                if let Some(n) = hyper::body::Body::size_hint(&body).exact() {
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                }
+            }
             return Response::from_parts(parts, Body::empty());
         }
         response
     }
 
-    async fn lookup(&self, hash: StorePathHash) -> Result<Option<PathInfo>, Response<Body>> {
+    async fn dispatch(&self, req: &axum::http::request::Parts, route: Route) -> Answer {
+        let hop = Hop::from_header(
+            req.headers
+                .get(fleet::HOP_HEADER)
+                .map(HeaderValue::as_bytes),
+        );
+        match (&req.method, route) {
+            (_, Route::Bad(reason)) => Err(ProxyError::BadRequest(reason)),
+            (m, _) if m != Method::GET && m != Method::HEAD => Err(ProxyError::MethodNotAllowed),
+            (_, Route::CacheInfo) => typed(
+                StatusCode::OK,
+                "text/x-nix-cache-info",
+                self.cache_info.clone(),
+            ),
+            (_, Route::Metrics) => typed(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics.encode(),
+            ),
+            (_, Route::NotFound) => Err(ProxyError::NotFound),
+            (_, Route::Announce) => self.announce(req.uri.query().unwrap_or("")).await,
+            (_, Route::NarInfo(hash)) => self.narinfo(hash, hop).await,
+            (
+                m,
+                Route::Nar {
+                    hash,
+                    nar_hash,
+                    compression,
+                },
+            ) => {
+                let head_only = m == Method::HEAD;
+                self.nar(hash, &nar_hash, compression, &req.headers, head_only, hop)
+                    .await
+            }
+        }
+    }
+
+    async fn lookup(&self, hash: StorePathHash) -> Result<Option<PathInfo>, ProxyError> {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.path_info(&hash)).await {
             Ok(Ok(info)) => Ok(info),
-            Ok(Err(e)) => {
-                tracing::error!("store lookup failed: {e}");
-                Err(text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("local store lookup failed: {e}\n"),
-                ))
-            }
-            Err(e) => Err(text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("lookup task failed: {e}\n"),
-            )),
+            Ok(Err(e)) => Err(ProxyError::Internal(format!("store lookup failed: {e}"))),
+            Err(e) => Err(ProxyError::Internal(format!("lookup task failed: {e}"))),
         }
     }
 
@@ -192,36 +193,62 @@ impl App {
         }
     }
 
-    async fn narinfo(&self, hash: StorePathHash, hop: Hop) -> Response<Body> {
-        let info = match self.lookup(hash.clone()).await {
-            Ok(Some(info)) => info,
-            Ok(None) => {
-                let Some(r) = self.remote(&hash, hop).await else {
-                    self.stats.narinfo_misses.fetch_add(1, Ordering::Relaxed);
-                    return not_found();
-                };
-                self.stats.narinfo_remote.fetch_add(1, Ordering::Relaxed);
-                // URL, Compression, FileHash and FileSize are outside the
-                // signed fingerprint: they describe how *we* serve the NAR.
-                let compression = self.offered_compression(hop);
-                let mut narinfo = r.narinfo.clone();
-                let nar_hash32 = ds_core::base32::encode(&narinfo.nar_hash.digest);
-                let uncompressed = compression == NarCompression::None;
-                narinfo.url = route::nar_url(&hash, &nar_hash32, compression);
-                narinfo.compression = compression.to_core();
-                narinfo.file_hash = uncompressed.then(|| narinfo.nar_hash.clone());
-                narinfo.file_size = uncompressed.then_some(narinfo.nar_size);
-                return typed(StatusCode::OK, "text/x-nix-narinfo", narinfo.render());
-            }
-            Err(r) => return r,
+    /// This node's signature for a local path, when one is expected.
+    ///
+    /// Expected: this node signs (a key and the signer on the bus), the
+    /// path is input-addressed (a CA path needs no signature) and the
+    /// signer's rule (`signPaths`) covers it. Then a signer that is down or
+    /// slow is an error (503): a narinfo without our signature would be
+    /// kept by Nix for 30 days and refused by clients that trust only the
+    /// fleet key, while a 5xx is not remembered (see docs/architecture.md).
+    async fn own_signature(&self, info: &PathInfo) -> Result<Option<Signature>, ProxyError> {
+        let covered = match self.config.sign_paths {
+            SignPaths::Built => info.ultimate,
+            SignPaths::All => true,
         };
-        self.stats.narinfo_hits.fetch_add(1, Ordering::Relaxed);
+        if !self.signer.enabled() || info.ca.is_some() || !covered {
+            return Ok(None);
+        }
+        let fingerprint =
+            ds_core::fingerprint(&info.path, &info.nar_hash, info.nar_size, &info.references);
+        self.signer
+            .sign(&info.path, fingerprint)
+            .await
+            .map_err(|e| ProxyError::Unavailable {
+                detail: format!(
+                    "narinfo of {}: no signature from the signer ({e}); answering 503 instead of a narinfo without it",
+                    info.path
+                ),
+                retry_after: SIGNER_RETRY_AFTER,
+            })
+    }
+
+    async fn narinfo(&self, hash: StorePathHash, hop: Hop) -> Answer {
+        let Some(info) = self.lookup(hash.clone()).await? else {
+            let Some(r) = self.remote(&hash, hop).await else {
+                self.metrics.narinfo_misses.inc();
+                return Err(ProxyError::NotFound);
+            };
+            self.metrics.narinfo_remote.inc();
+            // URL, Compression, FileHash and FileSize are outside the
+            // signed fingerprint: they describe how *we* serve the NAR.
+            let compression = self.offered_compression(hop);
+            let mut narinfo = r.narinfo.clone();
+            let nar_hash32 = ds_core::base32::encode(&narinfo.nar_hash.digest);
+            let uncompressed = compression == NarCompression::None;
+            narinfo.url = route::nar_url(&hash, &nar_hash32, compression);
+            narinfo.compression = compression.to_core();
+            narinfo.file_hash = uncompressed.then(|| narinfo.nar_hash.clone());
+            narinfo.file_size = uncompressed.then_some(narinfo.nar_size);
+            return typed(StatusCode::OK, "text/x-nix-narinfo", narinfo.render());
+        };
         let mut sigs = info.sigs.clone();
-        if let Some(sig) = self.signer.sign_info(&info.path, &info.nar_hash).await {
+        if let Some(sig) = self.own_signature(&info).await? {
             if !sigs.contains(&sig) {
                 sigs.push(sig);
             }
         }
+        self.metrics.narinfo_hits.inc();
         let compression = self.offered_compression(hop);
         let nar_hash32 = ds_core::base32::encode(&info.nar_hash.digest);
         let uncompressed = compression == NarCompression::None;
@@ -241,6 +268,15 @@ impl App {
         typed(StatusCode::OK, "text/x-nix-narinfo", narinfo.render())
     }
 
+    /// A NAR: local ones are read, hashed and compressed chunk by chunk as
+    /// the client takes them (see [`body::local_nar`]).
+    ///
+    /// Range (uncompressed only) is served from a stream verified over the
+    /// whole NAR: the prefix is read and hashed but not sent, and the last
+    /// piece of the range leaves only once the whole NAR matched its
+    /// NarHash ([`body::window`]). So no sequence of requests (a full GET
+    /// cut before its last chunk, then a `Range: bytes=N-` resumption) ever
+    /// completes a bad NAR.
     async fn nar(
         &self,
         hash: StorePathHash,
@@ -249,80 +285,63 @@ impl App {
         headers: &HeaderMap,
         head_only: bool,
         hop: Hop,
-    ) -> Response<Body> {
-        let info = match self.lookup(hash.clone()).await {
-            Ok(Some(info)) => info,
-            Ok(None) => {
-                return self
-                    .remote_nar(hash, nar_hash32, compression, headers, head_only, hop)
-                    .await
-            }
-            Err(r) => return r,
+    ) -> Answer {
+        let Some(info) = self.lookup(hash.clone()).await? else {
+            return self
+                .remote_nar(hash, nar_hash32, compression, headers, head_only, hop)
+                .await;
         };
         // The URL names the NAR it was issued for: a path rebuilt with other
         // contents since is not that NAR.
         if ds_core::base32::encode(&info.nar_hash.digest) != nar_hash32 {
-            return not_found();
+            return Err(ProxyError::NotFound);
         }
         let size = info.nar_size;
-        let range = if compression == NarCompression::None {
-            match headers.get(header::RANGE).map(|v| parse_range(v, size)) {
-                None => None,
-                Some(Ok(r)) => Some(r),
-                Some(Err(())) => return unsatisfiable(size),
+        let uncompressed = compression == NarCompression::None;
+        let range = match headers.get(header::RANGE) {
+            Some(v) if uncompressed => {
+                Some(parse_range(v, size).map_err(|()| ProxyError::RangeNotSatisfiable { size })?)
             }
-        } else {
-            None
+            _ => None,
         };
-        let mut builder = nar_builder(compression == NarCompression::None);
+        let mut builder = nar_builder(uncompressed);
         if head_only {
             return nar_head(builder, compression, size);
         }
+        let whole = body::local_nar(
+            self.store.clone(),
+            info.path.clone(),
+            info.nar_hash.clone(),
+            size,
+        );
         let stream = match range {
             Some((start, end)) => {
                 builder = builder
                     .status(StatusCode::PARTIAL_CONTENT)
                     .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
                     .header(header::CONTENT_LENGTH, end - start + 1);
-                // The store skips file contents before `start` without reading them.
-                let from = Box::pin(self.store.clone().nar_stream_from(info.path.clone(), start));
-                body::limit(from, end - start + 1)
+                body::window(whole, start, end)
             }
             None => {
-                // Hashed on the producing thread; a mismatch ends the body with an error.
-                let verified: body::ByteStream = Box::pin(self.store.clone().nar_stream_verified(
-                    info.path.clone(),
-                    info.nar_hash.clone(),
-                    size,
-                ));
-                if compression == NarCompression::None {
-                    builder = builder
-                        .status(StatusCode::OK)
-                        .header(header::CONTENT_LENGTH, size);
-                } else {
-                    builder = builder.status(StatusCode::OK);
+                builder = builder.status(StatusCode::OK);
+                if uncompressed {
+                    builder = builder.header(header::CONTENT_LENGTH, size);
                 }
-                body::compress(verified, compression)
+                body::compress(whole, compression)
             }
         };
         self.nar_body(builder, stream)
     }
 
     /// A NAR response with `stream` as its body, counted as it goes out.
-    fn nar_body(
-        &self,
-        builder: axum::http::response::Builder,
-        stream: body::ByteStream,
-    ) -> Response<Body> {
-        let stats = self.stats.clone();
-        let nar_bytes = self.metrics.nar_bytes.clone();
+    fn nar_body(&self, builder: axum::http::response::Builder, stream: body::ByteStream) -> Answer {
+        let metrics = self.metrics.clone();
         let count = move |n: u64| {
-            stats.nar_bytes_sent.fetch_add(n, Ordering::Relaxed);
-            nar_bytes.inc_by(n);
+            metrics.nar_bytes.inc_by(n);
         };
         builder
             .body(Body::from_stream(body::counted(stream, count)))
-            .unwrap_or_else(|_| internal())
+            .map_err(|e| ProxyError::Internal(format!("building a NAR response: {e}")))
     }
 }
 
@@ -343,7 +362,7 @@ fn nar_head(
     builder: axum::http::response::Builder,
     compression: NarCompression,
     size: u64,
-) -> Response<Body> {
+) -> Answer {
     let builder = if compression == NarCompression::None {
         builder.header(header::CONTENT_LENGTH, size)
     } else {
@@ -352,17 +371,18 @@ fn nar_head(
     builder
         .status(StatusCode::OK)
         .body(Body::empty())
-        .unwrap_or_else(|_| internal())
+        .map_err(|e| ProxyError::Internal(format!("building a HEAD response: {e}")))
 }
 
 impl App {
     /// A NAR this store lacks: through the fetcher (from a peer, the
     /// fleet's lead node or upstream), verified here too.
     ///
-    /// Range is offered to peers only: they verify the whole NAR they
-    /// assemble. A client's Range request gets the whole NAR (200), which
-    /// we verify before its last chunk leaves: a resumed transfer must not
-    /// hand a client the tail of a NAR that failed verification.
+    /// Range is offered to peers only, and like a local Range it is cut
+    /// from the whole NAR verified here ([`body::window`]): the fetcher's
+    /// pipe is opened at 0, the prefix hashed, the range's last piece held
+    /// until the NarHash matched. A client's Range request gets the whole
+    /// NAR (200), verified before its last chunk leaves.
     async fn remote_nar(
         &self,
         hash: StorePathHash,
@@ -371,38 +391,38 @@ impl App {
         headers: &HeaderMap,
         head_only: bool,
         hop: Hop,
-    ) -> Response<Body> {
+    ) -> Answer {
         let Some(r) = self.remote(&hash, hop).await else {
-            return not_found();
+            return Err(ProxyError::NotFound);
         };
         if ds_core::base32::encode(&r.narinfo.nar_hash.digest) != nar_hash32 {
-            return not_found();
+            return Err(ProxyError::NotFound);
         }
         let size = r.narinfo.nar_size;
         let ranged = hop != Hop::Client && compression == NarCompression::None;
         let range = match headers.get(header::RANGE) {
-            Some(v) if ranged => match parse_range(v, size) {
-                Ok(r) => Some(r),
-                Err(()) => return unsatisfiable(size),
-            },
+            Some(v) if ranged => {
+                Some(parse_range(v, size).map_err(|()| ProxyError::RangeNotSatisfiable { size })?)
+            }
             _ => None,
         };
         let mut builder = nar_builder(ranged);
         if head_only {
             return nar_head(builder, compression, size);
         }
-        let offset = range.map_or(0, |(start, _)| start);
         let verified = hop == Hop::Client && r.verify_before_serving();
-        let pipe = match self
-            .fleet
-            .open(&r, offset, hop == Hop::Peer, verified)
-            .await
-        {
+        let unavailable = |detail: String| ProxyError::Unavailable {
+            detail,
+            retry_after: 1,
+        };
+        let pipe = match self.fleet.open(&r, 0, hop == Hop::Peer, verified).await {
             Ok(p) => p,
-            Err(FetchError::NotFound) => return not_found(),
+            Err(FetchError::NotFound) => return Err(ProxyError::NotFound),
             Err(FetchError::Unavailable(e)) => {
-                tracing::warn!(path = %r.narinfo.store_path, "NAR unavailable: {e}");
-                return unavailable();
+                return Err(unavailable(format!(
+                    "NAR of {} unavailable: {e}",
+                    r.narinfo.store_path
+                )))
             }
         };
         let mut raw: body::ByteStream =
@@ -434,35 +454,35 @@ impl App {
             match first {
                 Some(Ok(first)) => raw = Box::pin(futures::stream::iter([Ok(first)]).chain(raw)),
                 _ => {
-                    tracing::warn!(path = %r.narinfo.store_path, "NAR failed on every source");
-                    return unavailable();
+                    return Err(unavailable(format!(
+                        "NAR of {} failed on every source",
+                        r.narinfo.store_path
+                    )))
                 }
             }
         }
+        let whole = body::verified(raw, r.narinfo.nar_hash.clone(), size);
         let stream = match range {
             Some((start, end)) => {
                 builder = builder
                     .status(StatusCode::PARTIAL_CONTENT)
                     .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
                     .header(header::CONTENT_LENGTH, end - start + 1);
-                body::exact(raw, end - start + 1)
+                body::window(whole, start, end)
             }
             None => {
                 builder = builder.status(StatusCode::OK);
                 if compression == NarCompression::None {
                     builder = builder.header(header::CONTENT_LENGTH, size);
                 }
-                body::compress(
-                    body::verified(raw, r.narinfo.nar_hash.clone(), size),
-                    compression,
-                )
+                body::compress(whole, compression)
             }
         };
         self.nar_body(builder, stream)
     }
 
     /// `GET /_ds/v1/announce?epoch=E&since=V`: what this node holds, for peers.
-    async fn announce(&self, query: &str) -> Response<Body> {
+    async fn announce(&self, query: &str) -> Answer {
         let mut epoch = "";
         let mut since = 0u64;
         for kv in query.split('&') {
@@ -470,20 +490,20 @@ impl App {
                 Some(("epoch", v)) => epoch = v,
                 Some(("since", v)) => match v.parse() {
                     Ok(n) => since = n,
-                    Err(_) => return text(StatusCode::BAD_REQUEST, "bad since\n".into()),
+                    Err(_) => return Err(ProxyError::BadRequest("bad since")),
                 },
                 _ => {}
             }
         }
         if epoch.len() > 128 || !epoch.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return text(StatusCode::BAD_REQUEST, "bad epoch\n".into());
+            return Err(ProxyError::BadRequest("bad epoch"));
         }
         match self.fleet.announce(epoch, since).await {
             Some(json) => typed(StatusCode::OK, "application/json", json),
-            None => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the mapper is unavailable\n".into(),
-            ),
+            None => Err(ProxyError::Unavailable {
+                detail: "announce: the mapper is unavailable".into(),
+                retry_after: 1,
+            }),
         }
     }
 }
@@ -493,29 +513,6 @@ impl App {
 const KEEPALIVE_AFTER: std::time::Duration = std::time::Duration::from_secs(20);
 /// Interval of those frames (Nix gives up after 300 s without data).
 const KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
-
-fn unavailable() -> Response<Body> {
-    let mut resp = text(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "NAR temporarily unavailable\n".into(),
-    );
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
-}
-
-fn unsatisfiable(size: u64) -> Response<Body> {
-    let mut r = text(
-        StatusCode::RANGE_NOT_SATISFIABLE,
-        "unsatisfiable range\n".into(),
-    );
-    r.headers_mut().insert(
-        header::CONTENT_RANGE,
-        HeaderValue::from_str(&format!("bytes */{size}"))
-            .unwrap_or(HeaderValue::from_static("bytes */0")),
-    );
-    r
-}
 
 /// Parse a single `bytes=a-b` / `bytes=a-` / `bytes=-n` range; `Err` when
 /// unsatisfiable or malformed (multiple ranges are not supported: Nix never
@@ -547,26 +544,12 @@ fn parse_range(v: &HeaderValue, size: u64) -> Result<(u64, u64), ()> {
     Ok((start, end))
 }
 
-fn typed(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+fn typed(status: StatusCode, content_type: &'static str, body: String) -> Answer {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
         .body(Body::from(body))
-        .unwrap_or_else(|_| internal())
-}
-
-fn text(status: StatusCode, body: String) -> Response<Body> {
-    typed(status, "text/plain; charset=utf-8", body)
-}
-
-fn not_found() -> Response<Body> {
-    text(StatusCode::NOT_FOUND, "not found\n".into())
-}
-
-fn internal() -> Response<Body> {
-    let mut r = Response::new(Body::from("internal error\n"));
-    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    r
+        .map_err(|e| ProxyError::Internal(format!("building a response: {e}")))
 }
 
 #[cfg(test)]

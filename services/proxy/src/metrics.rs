@@ -1,4 +1,5 @@
-//! Prometheus metrics (`GET /metrics`, text exposition format).
+//! Prometheus metrics (`GET /metrics`, text exposition format): the one
+//! place the proxy counts; the D-Bus `Proxy1` properties read these.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -31,6 +32,14 @@ pub struct Metrics {
     pub latency: Family<RouteLabels, Histogram>,
     /// Body bytes sent for NARs (after compression).
     pub nar_bytes: Counter,
+    /// All HTTP requests answered.
+    pub requests_answered: Counter,
+    /// narinfo answered from the local store.
+    pub narinfo_hits: Counter,
+    /// narinfo answered from the fleet (peers, upstream) through the mapper.
+    pub narinfo_remote: Counter,
+    /// narinfo answered 404.
+    pub narinfo_misses: Counter,
 }
 
 impl Metrics {
@@ -60,11 +69,37 @@ impl Metrics {
             "NAR body bytes sent (after compression)",
             nar_bytes.clone(),
         );
+        let [requests_answered, narinfo_hits, narinfo_remote, narinfo_misses] =
+            std::array::from_fn(|_| Counter::default());
+        for (name, help, c) in [
+            (
+                "requests_answered",
+                "HTTP requests answered (all routes and statuses)",
+                &requests_answered,
+            ),
+            (
+                "narinfo_local",
+                "narinfo answered from the local store",
+                &narinfo_hits,
+            ),
+            (
+                "narinfo_remote",
+                "narinfo answered from peers or upstream (through the mapper)",
+                &narinfo_remote,
+            ),
+            ("narinfo_misses", "narinfo answered 404", &narinfo_misses),
+        ] {
+            registry.register(name, help, c.clone());
+        }
         Metrics {
             registry,
             requests,
             latency,
             nar_bytes,
+            requests_answered,
+            narinfo_hits,
+            narinfo_remote,
+            narinfo_misses,
         }
     }
 

@@ -23,6 +23,17 @@ use crate::App;
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Time a client has to send its request head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection whose client has accepted no byte of a pending write for
+/// this long is closed, and everything its response held (body stream,
+/// connection slot) is freed: a client that stops reading cannot keep a
+/// slot of `maxConnections` forever. Nix itself gives up on a transfer
+/// after 300 s without data; 30 s of a full socket buffer is no slow link,
+/// it is a client that stopped. (Linux wakes a blocked writer when a third
+/// of the send buffer is free: a client taking less than that per 30 s,
+/// about 44 KB/s with a send buffer autotuned to its 4 MiB maximum, counts
+/// as stalled; on a slow link the buffer, sized from the congestion
+/// window, stays far smaller.)
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time in-flight responses get to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -82,13 +93,13 @@ pub async fn run(
             .with_context(|| format!("opening the local Nix store {store_name}"))?,
     );
 
-    let stats = Arc::new(crate::status::Stats::default());
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let wants_signing = config.private_key_file.is_some();
     let conn = connect_bus().await;
     let signer = Arc::new(SignerClient::new(conn.clone(), wants_signing));
     if let Some(conn) = &conn {
         let status = Status {
-            stats: stats.clone(),
+            metrics: metrics.clone(),
             listen: addrs.join(","),
             store: store_name.clone(),
             signer: signer.clone(),
@@ -109,7 +120,7 @@ pub async fn run(
         config.trusted_keys(),
         lookup_deadline,
     ));
-    let app = Arc::new(App::new(config, store, signer, fleet, stats));
+    let app = Arc::new(App::new(config, store, signer, fleet, metrics));
     let limit = Arc::new(Semaphore::new(app.config.max_connections));
     let activity = ds_runtime::service::Activity::new();
     let graceful = Arc::new(GracefulShutdown::new());
@@ -157,7 +168,10 @@ pub async fn run(
                     .header_read_timeout(HEAD_TIMEOUT)
                     .max_buf_size(MAX_HEAD_BYTES)
                     .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service);
+                    .serve_connection(
+                        TokioIo::new(StallGuard::new(stream, WRITE_STALL_TIMEOUT)),
+                        service,
+                    );
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = fut.await {
@@ -198,4 +212,169 @@ pub async fn run(
     }
     drop(conn);
     Ok(())
+}
+
+/// A connection's IO with a progress deadline on writes: a write (or flush)
+/// that stays pending, the client accepting no byte, for `limit` fails with
+/// `TimedOut`, which ends the connection. Hyper has no write timeout; the
+/// body stream cannot have one either, since hyper stops polling it while
+/// the socket is full. The timer starts when a write first finds the socket
+/// full and is cleared by any progress.
+pub struct StallGuard<T> {
+    inner: T,
+    limit: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> StallGuard<T> {
+    /// Guard `inner` with a progress deadline of `limit`.
+    pub fn new(inner: T, limit: Duration) -> Self {
+        StallGuard {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// After the inner IO returned `poll`: clear the timer on progress, arm
+    /// it on the first pending, fail once it fired.
+    fn watch<R>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        poll: std::task::Poll<std::io::Result<R>>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        use std::task::Poll;
+        match poll {
+            Poll::Pending => {
+                let limit = self.limit;
+                let timer = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match std::future::Future::poll(timer.as_mut(), cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the client accepted no data for {limit:?}"),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StallGuard<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallGuard<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(cx, poll)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.watch(cx, poll)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A peer that stops reading: writes fail after the limit, not before;
+    /// a peer that reads keeps the connection however long it takes.
+    #[tokio::test]
+    async fn stalled_writes_fail_after_the_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut guard = StallGuard::new(server, Duration::from_millis(500));
+        let chunk = vec![7u8; 64 * 1024];
+        let started = Instant::now();
+        let err = loop {
+            if let Err(e) = guard.write_all(&chunk).await {
+                break e;
+            }
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        drop(client);
+
+        // A steady reader: 2 s of writes through a 1 s limit. (The kernel
+        // wakes a blocked writer once a third of the send buffer is free,
+        // so "progress" comes in steps of up to ~1.3 MiB on loopback.)
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0usize;
+            loop {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => return total,
+                    Ok(n) => total += n,
+                }
+            }
+        });
+        let mut guard = StallGuard::new(server, Duration::from_secs(1));
+        let started = Instant::now();
+        let mut sent = 0usize;
+        while started.elapsed() < Duration::from_secs(2) {
+            guard
+                .write_all(&chunk)
+                .await
+                .expect("a reading client is never cut");
+            sent += chunk.len();
+        }
+        guard.shutdown().await.unwrap();
+        drop(guard);
+        assert_eq!(reader.await.unwrap(), sent);
+    }
 }

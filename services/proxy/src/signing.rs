@@ -1,25 +1,31 @@
-//! This node's signatures, obtained from the signer over D-Bus once per path
-//! and kept (signing on every narinfo request would cost a large share of
-//! narinfo throughput).
+//! This node's signatures, obtained from the signer over D-Bus once per
+//! fingerprint and kept (signing on every narinfo request would cost a
+//! large share of narinfo throughput).
 //!
-//! The signer's answers are cached per (store path, NarHash): a signature,
-//! or `NotBuiltHere` (a path this machine did not build, under the default
-//! `signPaths = "built"`). The latter is a normal answer, not a signer fault:
-//! the narinfo is served with the signatures the path came with, without a
-//! warning and without backing off from the signer. A path rebuilt with
-//! another NarHash is asked about again.
+//! The signer's answers are cached by the fingerprint a signature covers
+//! (`1;path;NarHash;NarSize;references`, what Nix verifies): a path deleted
+//! and registered again with other contents, size or references has another
+//! fingerprint and is asked about again, so a cached signature can never be
+//! served for contents it did not sign. Cached answers: a signature, or
+//! `NotBuiltHere` (a path this machine did not build, under the default
+//! `signPaths = "built"`), a normal answer, not a signer fault.
+//!
+//! A signer that fails or does not answer in time is an error
+//! ([`SignError`]), and the caller answers 503 rather than a narinfo
+//! without this node's signature (see `App::own_signature`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ds_core::{Hash, Signature, StorePath};
+use ds_core::{Signature, StorePath};
 use ds_dbus::{Signer1Proxy, SignerError};
 use zbus::proxy::CacheProperties;
 
 /// How long a signer call may take (the first one includes D-Bus activation).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// After a failure, serve without our signature for this long before trying again.
+/// After a failure, answer narinfo that need our signature 503 for this
+/// long before asking the signer again.
 const BACKOFF: Duration = Duration::from_secs(30);
 /// Bound on cached answers (cleared when full).
 const CACHE_MAX: usize = 200_000;
@@ -28,16 +34,29 @@ const CACHE_MAX: usize = 200_000;
 /// restarted with `signPaths = "all"`, is signed without restarting the proxy.
 const NOT_BUILT_TTL: Duration = Duration::from_secs(600);
 
-/// What the signer answered for one (path, NarHash).
+/// What the signer answered for one fingerprint.
 #[derive(Debug, Clone)]
 enum Answer {
     Signed(Signature),
     NotBuiltHere { until: Instant },
 }
 
-/// Cache key: the path and its NarHash (a path rebuilt with other contents
-/// is asked again).
-type Key = (StorePath, Hash);
+/// Cache key: the fingerprint the signature covers.
+type Key = String;
+
+/// Why there is no signature although one is expected.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SignError {
+    /// No D-Bus connection.
+    #[error("no D-Bus connection to the signer")]
+    NoBus,
+    /// The signer failed, answered garbage or timed out.
+    #[error("{0}")]
+    Failed(String),
+    /// A recent failure: the signer is left alone for a while.
+    #[error("the signer failed recently; not asking again for {0:?}")]
+    BackingOff(Duration),
+}
 
 /// Client of the signer with a signature cache.
 pub struct SignerClient {
@@ -74,29 +93,37 @@ impl SignerClient {
             .await
     }
 
-    /// Our signature for a path valid in the local store with this NarHash
-    /// (`ds_store::PathInfo::{path, nar_hash}`), from the cache or the
-    /// signer. `None` when this node has no key, did not build the path
-    /// (`NotBuiltHere`, cached; logged at debug level only), or the signer
-    /// is unavailable (logged; the signer is left alone for a while).
-    pub async fn sign_info(&self, path: &StorePath, nar_hash: &Hash) -> Option<Signature> {
-        self.sign_keyed((path.clone(), nar_hash.clone())).await
-    }
-
-    async fn sign_keyed(&self, key: Key) -> Option<Signature> {
-        if !self.enabled() {
-            return None;
+    /// Our signature over `fingerprint` (of `path` as the local store holds
+    /// it: [`ds_core::fingerprint`]), from the cache or the signer.
+    /// `Ok(None)` when this node has no key or did not build the path
+    /// (`NotBuiltHere`, cached; logged at debug level only) or the path
+    /// vanished meanwhile; `Err` when the signer failed, did not answer in
+    /// [`CALL_TIMEOUT`], or failed within the last [`BACKOFF`].
+    pub async fn sign(
+        &self,
+        path: &StorePath,
+        fingerprint: String,
+    ) -> Result<Option<Signature>, SignError> {
+        if !self.enabled {
+            return Ok(None);
         }
-        let path = &key.0;
-        let cached = self.cache.lock().ok()?.get(&key).cloned();
+        if self.conn.is_none() {
+            return Err(SignError::NoBus);
+        }
+        let cached = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&fingerprint).cloned());
         match cached {
-            Some(Answer::Signed(sig)) => return Some(sig),
-            Some(Answer::NotBuiltHere { until }) if Instant::now() < until => return None,
+            Some(Answer::Signed(sig)) => return Ok(Some(sig)),
+            Some(Answer::NotBuiltHere { until }) if Instant::now() < until => return Ok(None),
             _ => {}
         }
-        if let Some(until) = *self.down_until.lock().ok()? {
-            if Instant::now() < until {
-                return None;
+        if let Some(until) = self.down_until.lock().ok().and_then(|d| *d) {
+            let now = Instant::now();
+            if now < until {
+                return Err(SignError::BackingOff(until - now));
             }
         }
         let result = tokio::time::timeout(CALL_TIMEOUT, async {
@@ -111,28 +138,28 @@ impl SignerClient {
                 // Policy, not failure: the path keeps the signatures it came with.
                 tracing::debug!(path = %path, "signer: {e}");
                 let until = Instant::now() + NOT_BUILT_TTL;
-                self.remember(key, Answer::NotBuiltHere { until });
-                return None;
+                self.remember(fingerprint, Answer::NotBuiltHere { until });
+                return Ok(None);
             }
             Ok(Err(SignerError::PathNotValid(e))) => {
                 // The path vanished between our lookup and the signer's: not a signer fault.
                 tracing::info!(path = %path, "signer: {e}");
-                return None;
+                return Ok(None);
             }
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("signer did not answer within {CALL_TIMEOUT:?}")),
         };
         match sig {
             Ok(sig) => {
-                self.remember(key, Answer::Signed(sig.clone()));
-                Some(sig)
+                self.remember(fingerprint, Answer::Signed(sig.clone()));
+                Ok(Some(sig))
             }
             Err(e) => {
-                tracing::warn!(path = %path, "serving without this node's signature: {e}");
+                tracing::warn!(path = %path, "no signature from the signer: {e}");
                 if let Ok(mut d) = self.down_until.lock() {
                     *d = Some(Instant::now() + BACKOFF);
                 }
-                None
+                Err(SignError::Failed(e))
             }
         }
     }
@@ -199,13 +226,14 @@ mod tests {
         }
     }
 
-    fn hash(c: char) -> Hash {
+    /// The fingerprint of `path` with a NarHash of `c`s, NarSize `size`.
+    fn fp(path: &StorePath, c: char, size: u64) -> String {
         // The first of 52 nix-base32 digits holds only the top bit.
-        Hash::parse(&format!("sha256:0{}", c.to_string().repeat(51))).unwrap()
+        let hash = ds_core::Hash::parse(&format!("sha256:0{}", c.to_string().repeat(51))).unwrap();
+        ds_core::fingerprint(path, &hash, size, &[])
     }
-
     #[tokio::test]
-    async fn not_built_here_is_cached_per_path_and_nar_hash_without_backoff() {
+    async fn answers_are_cached_per_fingerprint_and_failures_back_off() {
         let Ok(mut child) = std::process::Command::new("dbus-daemon")
             .args(["--session", "--nofork", "--print-address=1"])
             .stdout(std::process::Stdio::piped())
@@ -244,27 +272,57 @@ mod tests {
             StorePath::parse(SUBSTITUTED).unwrap(),
         );
 
-        // NotBuiltHere: no signature, asked once per (path, NarHash).
-        assert_eq!(client.sign_info(&subst, &hash('a')).await, None);
-        assert_eq!(client.sign_info(&subst, &hash('a')).await, None);
+        // NotBuiltHere: no signature, asked once per fingerprint.
+        assert_eq!(client.sign(&subst, fp(&subst, 'a', 1)).await.unwrap(), None);
+        assert_eq!(client.sign(&subst, fp(&subst, 'a', 1)).await.unwrap(), None);
         assert_eq!(calls(), 1, "the refusal is cached");
         // ... and it is no fault: the signer is asked for the next path at once.
-        let sig = client.sign_info(&built, &hash('a')).await.expect("signed");
+        let sig = client
+            .sign(&built, fp(&built, 'a', 1))
+            .await
+            .unwrap()
+            .expect("signed");
         assert_eq!(sig.key_name, "fleet-1");
-        assert_eq!(client.sign_info(&built, &hash('a')).await, Some(sig));
+        assert_eq!(
+            client.sign(&built, fp(&built, 'a', 1)).await.unwrap(),
+            Some(sig)
+        );
         assert_eq!(calls(), 2, "the signature is cached");
-        // The same path with another NarHash (rebuilt): asked again.
-        assert_eq!(client.sign_info(&subst, &hash('b')).await, None);
+        // The same path registered again with another NarHash, or only
+        // another NarSize: another fingerprint, asked again.
+        assert!(client
+            .sign(&built, fp(&built, 'b', 1))
+            .await
+            .unwrap()
+            .is_some());
         assert_eq!(calls(), 3);
-
-        // A real failure backs off: nothing is asked during BACKOFF.
-        let broken = StorePath::parse(BROKEN).unwrap();
-        assert_eq!(client.sign_info(&broken, &hash('a')).await, None);
+        assert!(client
+            .sign(&built, fp(&built, 'b', 2))
+            .await
+            .unwrap()
+            .is_some());
         assert_eq!(calls(), 4);
-        assert_eq!(client.sign_info(&subst, &hash('c')).await, None);
-        assert_eq!(calls(), 4, "backing off after a signer failure");
+        assert_eq!(client.sign(&subst, fp(&subst, 'b', 1)).await.unwrap(), None);
+        assert_eq!(calls(), 5);
+
+        // A real failure is an error, and backs off: nothing is asked during BACKOFF.
+        let broken = StorePath::parse(BROKEN).unwrap();
+        assert!(matches!(
+            client.sign(&broken, fp(&broken, 'a', 1)).await,
+            Err(SignError::Failed(_))
+        ));
+        assert_eq!(calls(), 6);
+        assert!(matches!(
+            client.sign(&subst, fp(&subst, 'c', 1)).await,
+            Err(SignError::BackingOff(_))
+        ));
+        assert_eq!(calls(), 6, "backing off after a signer failure");
         // Cached answers are still served while backing off.
-        assert!(client.sign_info(&built, &hash('a')).await.is_some());
+        assert!(client
+            .sign(&built, fp(&built, 'a', 1))
+            .await
+            .unwrap()
+            .is_some());
         drop(daemon);
     }
 }

@@ -1,33 +1,18 @@
 //! `org.distributedstore.Proxy1`: read-only status for `busctl` and
 //! `distributed-store status`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use zbus::interface;
 
+use crate::metrics::Metrics;
 use crate::signing::SignerClient;
-
-/// Counters shared by the HTTP side and the D-Bus object.
-#[derive(Default)]
-pub struct Stats {
-    /// All HTTP requests answered.
-    pub requests: AtomicU64,
-    /// narinfo found locally.
-    pub narinfo_hits: AtomicU64,
-    /// narinfo answered from the fleet (peers, upstream) through the mapper.
-    pub narinfo_remote: AtomicU64,
-    /// narinfo 404.
-    pub narinfo_misses: AtomicU64,
-    /// NAR bytes sent.
-    pub nar_bytes_sent: AtomicU64,
-}
 
 /// The D-Bus object.
 pub struct Status {
-    /// Shared counters.
-    pub stats: Arc<Stats>,
+    /// The counters (Prometheus), read, never kept twice.
+    pub metrics: Arc<Metrics>,
     /// Listening addresses.
     pub listen: String,
     /// Store served.
@@ -58,27 +43,27 @@ impl Status {
     /// HTTP requests answered.
     #[zbus(property(emits_changed_signal = "false"))]
     async fn requests(&self) -> u64 {
-        self.stats.requests.load(Ordering::Relaxed)
+        self.metrics.requests_answered.get()
     }
     /// narinfo answered from the local store.
     #[zbus(property(emits_changed_signal = "false"))]
     async fn narinfo_hits(&self) -> u64 {
-        self.stats.narinfo_hits.load(Ordering::Relaxed)
+        self.metrics.narinfo_hits.get()
     }
     /// narinfo answered from peers or upstream (through the mapper).
     #[zbus(property(emits_changed_signal = "false"))]
     async fn narinfo_remote(&self) -> u64 {
-        self.stats.narinfo_remote.load(Ordering::Relaxed)
+        self.metrics.narinfo_remote.get()
     }
     /// narinfo answered 404.
     #[zbus(property(emits_changed_signal = "false"))]
     async fn narinfo_misses(&self) -> u64 {
-        self.stats.narinfo_misses.load(Ordering::Relaxed)
+        self.metrics.narinfo_misses.get()
     }
     /// NAR bytes sent.
     #[zbus(property(emits_changed_signal = "false"))]
     async fn nar_bytes_sent(&self) -> u64 {
-        self.stats.nar_bytes_sent.load(Ordering::Relaxed)
+        self.metrics.nar_bytes.get()
     }
     /// Seconds since start.
     #[zbus(property(emits_changed_signal = "false"))]
