@@ -82,8 +82,10 @@ nar_files() { local p; for p in $CLOSURE; do narinfo_field "$p" URL; done; }
 # trusting only the fixture key, with NO upstreams, NO peers, discovery off; EXTRA_TOML adds the
 # mappers and the backend under test; UPSTREAMS=TOML_LIST (one call) adds upstreams, for the
 # fallback variants only (PEERS=TOML_LIST likewise, for the benchmark). Sets NODE_URL and NODE_PID (stopped by the cleanup trap).
-node_up() {
-  local name=$1 extra=${2:-} d=$W/$1 port n
+node_up() { node_config "$@" && node_start "$1"; }
+# node_config NAME EXTRA_TOML: only write W/NAME/config.toml (and init the client store); sets NODE_URL
+node_config() {
+  local name=$1 extra=${2:-} d=$W/$1 port
   mkdir -p "$d/state" "$d/cache"
   ( . "$TESTBED/nix-env.sh" "$d/client"; nix-store --init ) || { bad "$name: nix-store --init"; return 1; }
   port=$(free_port)
@@ -100,10 +102,15 @@ cacheSize = "1G"
 upstreamTimeoutMs = 2000
 $extra
 TOML
+  NODE_URL=http://127.0.0.1:$port
+}
+# node_start NAME: `distributed-store up` with W/NAME/config.toml; sets NODE_PID
+node_start() {
+  local name=$1 d=$W/$1 n
   rm -f "$d/run/up.env"
   "$BIN/distributed-store" up --config "$d/config.toml" --runtime-dir "$d/run" > "$d/up.log" 2>&1 &
   NODE_PID=$!; PIDS+=("$NODE_PID")
-  NODE_URL=http://127.0.0.1:$port
+  NODE_URL=http://$(sed -n 's/^listen = "\(.*\)"$/\1/p' "$d/config.toml")
   for n in $(seq 300); do
     grep -q '^distributed-store is up' "$d/up.log" 2>/dev/null && return 0
     kill -0 "$NODE_PID" 2>/dev/null || break
@@ -198,4 +205,19 @@ PY
       truncate) truncate -s $((n / 2)) "$f" ;;
     esac
   done
+}
+# servers_up KIND DIR: tests/backends/servers.sh KIND DIR (kubo nodes, a torrent swarm); its PIDs
+# join ours; sources DIR/env. A missing server binary (status 3) is a SKIP line naming it, a FAIL
+# with BACKENDS_REQUIRE_SERVERS=1.
+servers_up() {
+  local kind=$1 dir=$2 rc
+  bash "$BK/servers.sh" "$kind" "$dir" > "$dir.log" 2>&1; rc=$?
+  [ -f "$dir/pids" ] && mapfile -t -O "${#PIDS[@]}" PIDS < "$dir/pids"
+  if [ "$rc" = 3 ]; then
+    if [ "${BACKENDS_REQUIRE_SERVERS:-0}" = 1 ]; then bad "server missing: $(tail -1 "$dir.log")"
+    else skip "server missing: $(tail -1 "$dir.log") (tests/backends/install.sh installs it)"; fi
+    return 1
+  elif [ "$rc" != 0 ]; then bad "servers.sh $kind failed"; tail -10 "$dir.log" | sed 's/^/       /'; return 1; fi
+  # shellcheck disable=SC1091
+  . "$dir/env"
 }
