@@ -16,6 +16,7 @@ use crate::cache::Cache;
 use crate::download::{self, Failure, Source};
 use crate::http::{narhash32, FileBackend, PeerBackend};
 use crate::reader::{self, Progress, Status};
+use ds_runtime::plugins::BackendsSpec;
 
 /// Settings of a fetcher (from the shared config, see
 /// [`FetcherConfig::from_config`]).
@@ -182,6 +183,59 @@ pub struct Fetcher {
 /// the requested offset (in blocking mode, ready to pass to another process).
 pub type NarPipe = std::os::fd::OwnedFd;
 
+/// The backends of a fetcher: the built-in ones (`peer:`, `lead:`, `file:`)
+/// and every one configured in `backends`. Settings were checked when the
+/// config was loaded; what can only fail here (an unreadable S3 credentials
+/// file) is an error naming the key. A locator whose scheme has no backend
+/// here is skipped at fetch time (logged).
+pub fn registry(config: &FetcherConfig, backends: &BackendsSpec) -> anyhow::Result<Registry> {
+    use anyhow::Context;
+    let client = crate::http::client(config.peer_timeout.max(config.upstream_timeout))?;
+    let mut registry = Registry::new();
+    registry.register(Arc::new(PeerBackend::new(
+        client.clone(),
+        config.peer_timeout,
+        config.upstream_timeout,
+    )));
+    registry.register(Arc::new(FileBackend::new(
+        client.clone(),
+        config.upstream_timeout,
+    )));
+    if let Some(m) = &backends.mirrors {
+        let pool = Arc::new(crate::mirrors::MirrorPool::new(m.urls.clone()));
+        registry.register(Arc::new(crate::mirrors::MirrorsBackend::new(
+            client.clone(),
+            pool,
+            config.upstream_timeout,
+        )));
+    }
+    if let Some(s3) = &backends.s3 {
+        let backend = crate::s3::S3Backend::new(s3, config.upstream_timeout)
+            .context("setting up the S3 backend")?;
+        registry.register(Arc::new(backend));
+    }
+    if let Some(c) = &backends.command {
+        let deadline = c
+            .deadline_ms
+            .map(Duration::from_millis)
+            .unwrap_or(crate::exec::DEFAULT_DEADLINE);
+        registry.register(Arc::new(crate::exec::CommandBackend::new(
+            c.command.clone(),
+            deadline,
+        )));
+    }
+    // IPFS and BitTorrent (`ipfs:`, `btih:`) register here, one line each:
+    // if let Some(i) = &backends.ipfs { registry.register(…); }
+    // if let Some(b) = &backends.bittorrent { registry.register(…); }
+    tracing::info!(
+        mirrors = backends.mirrors.is_some(),
+        s3 = backends.s3.is_some(),
+        command = backends.command.is_some(),
+        "backends: peer, lead, file and the configured ones"
+    );
+    Ok(registry)
+}
+
 impl Fetcher {
     /// A fetcher with the built-in backends (`peer:`, `lead:`, `file:`).
     pub fn new(
@@ -189,14 +243,18 @@ impl Fetcher {
         mapper: Arc<dyn MapperLink>,
         activity: Activity,
     ) -> anyhow::Result<Fetcher> {
-        let client = crate::http::client(config.peer_timeout.max(config.upstream_timeout))?;
-        let mut registry = Registry::new();
-        registry.register(Arc::new(PeerBackend::new(
-            client.clone(),
-            config.peer_timeout,
-            config.upstream_timeout,
-        )));
-        registry.register(Arc::new(FileBackend::new(client, config.upstream_timeout)));
+        Self::with_backends(config, &BackendsSpec::default(), mapper, activity)
+    }
+
+    /// A fetcher with the built-in backends and those configured in
+    /// `backends` (`[backends.*]`, see [`registry`]).
+    pub fn with_backends(
+        config: FetcherConfig,
+        backends: &BackendsSpec,
+        mapper: Arc<dyn MapperLink>,
+        activity: Activity,
+    ) -> anyhow::Result<Fetcher> {
+        let registry = registry(&config, backends)?;
         Ok(Self::with_registry(config, registry, mapper, activity)?)
     }
 

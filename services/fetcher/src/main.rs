@@ -25,8 +25,9 @@ async fn main() -> anyhow::Result<()> {
     let mut signals = service::Signals::install()?;
     let activity = service::Activity::new();
     let mapper = DbusMapper::new();
-    let fetcher = Fetcher::new(
+    let fetcher = Fetcher::with_backends(
         FetcherConfig::from_config(&config),
+        &config.backends,
         mapper.clone(),
         activity.clone(),
     )?;
