@@ -15,6 +15,7 @@
 //! See docs/fetcher.md.
 
 pub mod backend;
+pub mod bittorrent;
 pub mod cache;
 pub mod dbus;
 mod download;
@@ -22,6 +23,7 @@ pub mod exec;
 mod fetcher;
 pub mod http;
 pub mod mirrors;
+pub mod ipfs;
 pub mod nar_file;
 mod reader;
 pub mod s3;
