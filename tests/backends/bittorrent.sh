@@ -92,7 +92,7 @@ sc_bittorrent() {
   for n in 1 2; do
     t=$([ "$n" = 1 ] && echo "$r1" || echo "$r2")
     if [ "$t" = 0 ]; then ok "leecher $n's node: nix-store -r APP (both at once)"
-    else bad "leecher $n's node: nix-store -r APP (both at once)"; grep -v '^copying' "$W/bt$n/subst.log" | tail -5; fi
+    else bad "leecher $n's node: nix-store -r APP (both at once)"; grep -v '^copying' "$W/bt$n/subst.log" | tail -5 | sed 's/^/       /'; fi
   done
   NODE_URL=$url1 check "leecher 1: closure valid, verified" verified bt1 $CLOSURE
   NODE_URL=$url2 check "leecher 2: closure valid, verified" verified bt2 $CLOSURE
