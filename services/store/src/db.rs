@@ -13,7 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use ds_core::{Hash, HashAlgo, Signature, StorePath, StorePathHash, STORE_DIR};
@@ -25,16 +25,24 @@ use crate::{PathInfo, StoreError};
 /// checkpoint) before failing. Readers never wait for ordinary writes.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Idle connections kept for reuse; more are opened under load and closed
-/// when handed back to a full pool. 16 covers the concurrent lookups a
-/// narinfo burst makes (dev/bench at 16 connections: with 4, opening and
-/// closing connections was ~20% of the proxy's CPU).
-const MAX_IDLE: usize = 16;
+/// Connections open at most. A query beyond that waits for one to be
+/// handed back (queries take microseconds) instead of opening and closing
+/// a connection of its own: with a pool that opened more under load and
+/// kept only 4, opening, schema parsing and closing were ~20% of the
+/// proxy's CPU at 16 concurrent lookups (docs/benchmarks.md).
+const MAX_CONNECTIONS: usize = 16;
 
 /// Path and pooled read-only connections to one Nix database.
 pub(crate) struct Db {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    pool: Mutex<Pool>,
+    returned: Condvar,
+}
+
+struct Pool {
+    idle: Vec<Connection>,
+    /// Connections open (idle or in use).
+    open: usize,
 }
 
 /// One row of `ValidPaths` as stored, before parsing.
@@ -62,9 +70,13 @@ impl Db {
         })?;
         let db = Db {
             path,
-            idle: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            returned: Condvar::new(),
         };
-        let conn = db.connect()?;
+        let conn = db.take()?;
         let has_table: Option<i64> = conn
             .query_row(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ValidPaths'",
@@ -97,18 +109,32 @@ impl Db {
     }
 
     fn take(&self) -> Result<Connection, StoreError> {
-        let popped = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match popped {
-            Some(conn) => Ok(conn),
-            None => self.connect(),
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(conn) = pool.idle.pop() {
+                return Ok(conn);
+            }
+            if pool.open < MAX_CONNECTIONS {
+                pool.open += 1;
+                drop(pool);
+                let conn = self.connect();
+                if conn.is_err() {
+                    self.pool.lock().unwrap_or_else(|e| e.into_inner()).open -= 1;
+                    self.returned.notify_one();
+                }
+                return conn;
+            }
+            pool = self.returned.wait(pool).unwrap_or_else(|e| e.into_inner());
         }
     }
 
     fn put_back(&self, conn: Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(conn);
-        }
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .idle
+            .push(conn);
+        self.returned.notify_one();
     }
 
     /// Run `f` on a pooled connection. The connection goes back to the pool
@@ -319,4 +345,37 @@ pub(crate) fn ensure_wal_files(db: &Path) -> Result<bool, StoreError> {
 
 fn current_uid() -> u32 {
     rustix::process::getuid().as_raw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 32 threads querying at once share at most MAX_CONNECTIONS
+    /// connections, all kept open afterwards (no churn), and all answer.
+    #[test]
+    fn concurrent_queries_share_a_bounded_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(crate::NIX_SCHEMA).unwrap();
+        let db = std::sync::Arc::new(Db::open(path).unwrap());
+        let hash = StorePathHash::parse("00bgd045z0d4icpbc2yyz4gx48ak44la").unwrap();
+        let threads: Vec<_> = (0..32)
+            .map(|_| {
+                let (db, hash) = (db.clone(), hash.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        assert!(db.path_info(&hash).unwrap().is_none());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let pool = db.pool.lock().unwrap();
+        assert!(pool.open <= MAX_CONNECTIONS, "{} open", pool.open);
+        assert_eq!(pool.idle.len(), pool.open);
+    }
 }
