@@ -129,6 +129,10 @@ impl S3Server {
     }
 }
 
+fn key_pair() -> ds_core::SecretKey {
+    ds_core::SecretKey::from_seed("s3-test-1", [5; 32])
+}
+
 fn fetcher(dir: &std::path::Path, spec: &S3Spec) -> Fetcher {
     let mut registry = Registry::new();
     registry.register(Arc::new(
@@ -163,7 +167,8 @@ async fn publish_then_fetch_in_binary_cache_layout() {
     let work = tempfile::tempdir().unwrap();
     let nar = TestNar::new("s3-published", &contents(31, 500_000));
     let (file, facts) = nar_file(work.path(), &nar, "xz").await;
-    let info = NarInfo::parse(&nar.narinfo).unwrap();
+    let mut info = NarInfo::parse(&nar.narinfo).unwrap();
+    info.sign(&key_pair());
 
     let publisher = S3Publisher::new(&spec).unwrap();
     assert_eq!(publisher.scheme(), "s3");
@@ -190,10 +195,38 @@ async fn publish_then_fetch_in_binary_cache_layout() {
     assert_eq!(published.nar_hash, info.nar_hash);
     assert!(server.root.path().join(BUCKET).join("cache/nar").is_dir());
 
+    // The S3 mapper finds it and answers the same locator.
+    let mapper =
+        ds_mapper::s3::S3Mapper::new(&spec, vec![key_pair().public()], Duration::from_secs(2))
+            .unwrap();
+    let hash = ds_core::StorePathHash::parse(&nar.hash32).unwrap();
+    let m = ds_mapper::Mapper::lookup(&mapper, &hash, ds_mapper::Scope::Fleet)
+        .await
+        .unwrap()
+        .expect("the bucket has the narinfo");
+    assert_eq!(m.locators, vec![locator.clone()]);
+    assert_eq!(m.narinfo.nar_hash, info.nar_hash);
+    // Untrusted (another key): an error, not an answer.
+    let other = ds_core::SecretKey::from_seed("other-1", [9; 32]).public();
+    let strict = ds_mapper::s3::S3Mapper::new(&spec, vec![other], Duration::from_secs(2)).unwrap();
+    assert!(
+        ds_mapper::Mapper::lookup(&strict, &hash, ds_mapper::Scope::Fleet)
+            .await
+            .is_err()
+    );
+    // Unknown path: a miss.
+    let absent = ds_core::StorePathHash::parse(&TestNar::new("absent", b"x").hash32).unwrap();
+    assert!(
+        ds_mapper::Mapper::lookup(&mapper, &absent, ds_mapper::Scope::Fleet)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
     let dir = tempfile::tempdir().unwrap();
     let f = fetcher(dir.path(), &spec);
     let fd = f
-        .fetch_verified(&nar.narinfo, &[locator.to_string()])
+        .fetch_verified(&nar.narinfo, &[m.locators[0].to_string()])
         .await
         .unwrap();
     assert!(read_all(fd).await == nar.bytes);

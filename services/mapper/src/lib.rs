@@ -28,6 +28,7 @@ pub mod mapper;
 pub mod mirrors;
 pub mod peers;
 pub mod remote;
+pub mod s3;
 pub mod service;
 pub mod stack;
 pub mod upstream;
