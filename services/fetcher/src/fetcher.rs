@@ -224,13 +224,21 @@ pub fn registry(config: &FetcherConfig, backends: &BackendsSpec) -> anyhow::Resu
             deadline,
         )));
     }
-    // IPFS and BitTorrent (`ipfs:`, `btih:`) register here, one line each:
-    // if let Some(i) = &backends.ipfs { registry.register(…); }
-    // if let Some(b) = &backends.bittorrent { registry.register(…); }
+    if let Some(i) = &backends.ipfs {
+        let backend = crate::ipfs::IpfsBackend::new(i).context("setting up the IPFS backend")?;
+        registry.register(Arc::new(backend));
+    }
+    if let Some(b) = &backends.bittorrent {
+        let backend = crate::bittorrent::BitTorrentBackend::new(b)
+            .context("setting up the BitTorrent backend")?;
+        registry.register(Arc::new(backend));
+    }
     tracing::info!(
         mirrors = backends.mirrors.is_some(),
         s3 = backends.s3.is_some(),
         command = backends.command.is_some(),
+        ipfs = backends.ipfs.is_some(),
+        bittorrent = backends.bittorrent.is_some(),
         "backends: peer, lead, file and the configured ones"
     );
     Ok(registry)

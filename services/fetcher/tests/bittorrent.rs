@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use common::{compress, contents, read_all, TestNar};
 use ds_core::{Compression, FileFacts, Hash, Locator, NarInfo};
 use ds_fetcher::bittorrent::{locator, make_torrent, BitTorrentBackend, TorrentPublisher};
-use ds_fetcher::{Backend, BackendError, Fetcher, Publisher, Registry};
-use ds_runtime::plugins::BitTorrentSpec;
+use ds_fetcher::{Backend, BackendError, Fetcher, Publisher};
+use ds_runtime::plugins::{BackendsSpec, BitTorrentSpec};
 use futures::StreamExt;
 use servers::Servers;
 
@@ -103,18 +103,17 @@ async fn seeder_and_two_leechers() {
     let l1 = BitTorrentBackend::new(&spec(&s, "LEECHER1", false))
         .expect("backend")
         .with_limits(Duration::from_secs(60), Duration::from_secs(15));
-    let mut registry = Registry::new();
-    registry.register(Arc::new(
-        BitTorrentBackend::new(&spec(&s, "LEECHER2", false))
-            .expect("backend")
-            .with_limits(Duration::from_secs(60), Duration::from_secs(15)),
-    ));
+    // Leecher 2 goes through a fetcher set up from the config, as the
+    // service does ([backends.bittorrent]).
+    let backends = BackendsSpec {
+        bittorrent: Some(spec(&s, "LEECHER2", false)),
+        ..BackendsSpec::default()
+    };
     let cache = tempfile::tempdir().expect("tempdir");
-    let mapper = Arc::new(common::RecordingMapper::default());
-    let fetcher = Fetcher::with_registry(
+    let fetcher = Fetcher::with_backends(
         common::config(cache.path(), 1 << 30),
-        registry,
-        mapper,
+        &backends,
+        Arc::new(common::RecordingMapper::default()),
         ds_runtime::service::Activity::new(),
     )
     .expect("fetcher");
@@ -253,4 +252,32 @@ async fn engine_down_is_a_transport_error() {
         ),
     }
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // A config the backend cannot use fails the fetcher's setup, naming
+    // the key.
+    let backends = BackendsSpec {
+        bittorrent: Some(BitTorrentSpec {
+            engine: "transmission".into(),
+            rpc: "http://127.0.0.1:9091/transmission/rpc".into(),
+            rpc_secret_file: None,
+            trackers: vec![],
+            download_directory: Some(dir.path().to_path_buf()),
+            publish: false,
+        }),
+        ..BackendsSpec::default()
+    };
+    let e = Fetcher::with_backends(
+        common::config(&dir.path().join("cache"), 1 << 20),
+        &backends,
+        Arc::new(common::RecordingMapper::default()),
+        ds_runtime::service::Activity::new(),
+    )
+    .err()
+    .map(|e| format!("{e:#}"));
+    assert!(
+        e.as_deref()
+            .unwrap_or("")
+            .contains("backends.bittorrent.engine"),
+        "{e:?}"
+    );
 }

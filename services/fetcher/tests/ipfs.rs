@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use common::{compress, contents, read_all, TestNar};
 use ds_core::{Compression, FileFacts, Hash, Locator, NarInfo};
 use ds_fetcher::ipfs::{IpfsBackend, IpfsPublisher};
-use ds_fetcher::{Backend, BackendError, Fetcher, Publisher, Registry};
-use ds_runtime::plugins::IpfsSpec;
+use ds_fetcher::{Backend, BackendError, Fetcher, Publisher};
+use ds_runtime::plugins::{BackendsSpec, IpfsSpec};
 use futures::StreamExt;
 use servers::Servers;
 
@@ -76,14 +76,15 @@ async fn publish_on_a_fetch_through_b() {
         .expect("publish again");
     assert_eq!(again, loc);
 
-    let mut registry = Registry::new();
-    registry.register(Arc::new(
-        IpfsBackend::new(&spec(s.get("IPFS_B_API"))).expect("backend"),
-    ));
+    // B's fetcher is set up from the config, as the service does.
+    let backends = BackendsSpec {
+        ipfs: Some(spec(s.get("IPFS_B_API"))),
+        ..BackendsSpec::default()
+    };
     let cache = tempfile::tempdir().expect("tempdir");
-    let fetcher = Fetcher::with_registry(
+    let fetcher = Fetcher::with_backends(
         common::config(cache.path(), 1 << 30),
-        registry,
+        &backends,
         Arc::new(common::RecordingMapper::default()),
         ds_runtime::service::Activity::new(),
     )
@@ -167,4 +168,26 @@ async fn unreachable_api_is_a_transport_error() {
         .publish(f, FileFacts::default(), &narinfo)
         .await;
     assert!(matches!(e, Err(BackendError::Transport(_))), "{e:?}");
+
+    // A config without an endpoint fails the fetcher's setup, naming the key.
+    let backends = BackendsSpec {
+        ipfs: Some(IpfsSpec {
+            api: None,
+            gateway: None,
+            publish: false,
+        }),
+        ..BackendsSpec::default()
+    };
+    let e = Fetcher::with_backends(
+        common::config(&dir.path().join("cache"), 1 << 20),
+        &backends,
+        Arc::new(common::RecordingMapper::default()),
+        ds_runtime::service::Activity::new(),
+    )
+    .err()
+    .map(|e| format!("{e:#}"));
+    assert!(
+        e.as_deref().unwrap_or("").contains("backends.ipfs"),
+        "{e:?}"
+    );
 }
