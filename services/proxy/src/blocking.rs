@@ -1,9 +1,10 @@
 //! Bounded blocking work for response bodies.
 //!
-//! Reading a local NAR from the file system (and hashing it) and compressing
-//! it block, so they run on Tokio's blocking pool, one chunk per call. A
-//! call holds a permit of [`WORK_PERMITS`] only while it runs, never while
-//! the client has not taken the previous chunk: a client that stops reading
+//! Producing a local NAR (the store's pull-based streams, one short
+//! `spawn_blocking` step per poll) and compressing it block, so they run on
+//! Tokio's blocking pool, a step at a time. A step holds a permit of
+//! [`WORK_PERMITS`] only while it runs, never while the client has not
+//! taken the previous chunk: a client that stops reading
 //! pins no thread and no permit, however many such clients there are. The
 //! bound keeps body work from ever occupying the whole blocking pool (512
 //! threads), which the store lookups behind every narinfo share.
@@ -35,6 +36,13 @@ where
     })
     .await
     .map_err(|e| std::io::Error::other(format!("blocking work failed: {e}")))
+}
+
+/// A permit for blocking work that runs elsewhere (a store stream's own
+/// `spawn_blocking` step, see [`crate::body::bounded`]); `None` only if the
+/// pool were closed, which it never is.
+pub async fn acquire() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    WORK.acquire().await.ok()
 }
 
 /// Permits free right now (for tests and metrics).

@@ -1,20 +1,14 @@
-//! NAR response bodies: local NARs read and verified chunk by chunk on the
-//! bounded blocking pool ([`local_nar`]), remote ones verified as they pass
-//! ([`verified`]), optionally compressed off the async workers
-//! ([`compress`]), cut to a verified window for Range ([`window`]), counted.
+//! NAR response bodies: local NARs from the store's pull-based verified
+//! streams polled under the bounded blocking pool ([`bounded`]), remote
+//! ones verified as they pass ([`verified`]), optionally compressed off the
+//! async workers ([`compress`]), cut to a verified window for Range
+//! ([`window`]), counted.
 
 use std::pin::Pin;
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use ds_core::{Hash, StorePath};
 use ds_runtime::config::NarCompression;
-use ds_store::LocalStore;
 use futures::{Stream, StreamExt, TryStreamExt};
-
-/// Size of the chunks a local NAR is read in (one blocking call each).
-pub const READ_CHUNK: usize = 128 * 1024;
 
 /// A stream of body chunks.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
@@ -112,127 +106,27 @@ pub fn compress(inner: ByteStream, compression: NarCompression) -> ByteStream {
     ))
 }
 
-/// What one blocking read of a local NAR gave.
-enum Step {
-    Chunk(Reading, Bytes),
-    End(Reading),
-    Failed(std::io::Error),
-}
-
-/// A local NAR being read: the reader (opened by the first read) and the
-/// hash of everything read so far.
-struct Reading {
-    reader: Option<Box<dyn std::io::Read + Send>>,
-    hasher: ds_core::NarHasher,
-}
-
-/// One chunk of a local NAR, read and hashed on the calling (blocking) thread.
-fn read_step(store: &LocalStore, path: &StorePath, mut reading: Reading) -> Step {
-    let reader = match &mut reading.reader {
-        Some(r) => r,
-        None => match store.nar_reader(path) {
-            Ok(r) => reading.reader.insert(r),
-            Err(e) => return Step::Failed(std::io::Error::other(e)),
-        },
-    };
-    let mut buf = vec![0u8; READ_CHUNK];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Step::Failed(e),
-        }
-    }
-    if filled == 0 {
-        return Step::End(reading);
-    }
-    buf.truncate(filled);
-    reading.hasher.update(&buf);
-    Step::Chunk(reading, Bytes::from(buf))
-}
-
-/// The NAR of a path valid in the local store, verified against its NarHash
-/// and NarSize from the database, pulled: each chunk is read and hashed in
-/// one [`crate::blocking::run`] call when the body is polled for it, so a
-/// client that stops reading holds no thread. The last chunk is withheld
-/// until the whole NAR matched: a damaged or tampered store ends the body
-/// with an error, never with a complete bad NAR.
-pub fn local_nar(store: Arc<LocalStore>, path: StorePath, expected: Hash, size: u64) -> ByteStream {
-    struct St {
-        store: Arc<LocalStore>,
-        path: StorePath,
-        reading: Option<Reading>,
-        held: Option<Bytes>,
-        expected: Hash,
-        size: u64,
-    }
-    let st = St {
-        store,
-        path,
-        reading: Some(Reading {
-            reader: None,
-            hasher: ds_core::NarHasher::new(),
-        }),
-        held: None,
-        expected,
-        size,
-    };
-    let mismatch = |path: &StorePath, what: String| {
-        tracing::error!(path = %path, "store files do not match the Nix database: {what}; aborting the transfer");
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("store files do not match the Nix database: {what}"),
-        )
-    };
-    Box::pin(futures::stream::unfold(st, move |mut st| async move {
-        loop {
-            let reading = st.reading.take()?;
-            let (store, path) = (st.store.clone(), st.path.clone());
-            let step = crate::blocking::run(move || read_step(&store, &path, reading)).await;
-            match step {
-                Ok(Step::Chunk(reading, chunk)) => {
-                    if reading.hasher.len() > st.size {
-                        let e =
-                            mismatch(&st.path, format!("NAR longer than its NarSize {}", st.size));
-                        return Some((Err(e), st));
-                    }
-                    st.reading = Some(reading);
-                    if let Some(prev) = st.held.replace(chunk) {
-                        return Some((Ok(prev), st));
-                    }
-                }
-                Ok(Step::End(reading)) => {
-                    let (hash, len) = reading.hasher.finish();
-                    if len != st.size {
-                        let e = mismatch(
-                            &st.path,
-                            format!("NAR ended after {len} of {} bytes", st.size),
-                        );
-                        return Some((Err(e), st));
-                    }
-                    if hash != st.expected {
-                        let e = mismatch(&st.path, "NAR does not match its NarHash".into());
-                        return Some((Err(e), st));
-                    }
-                    return st.held.take().map(|last| (Ok(last), st));
-                }
-                Ok(Step::Failed(e)) | Err(e) => {
-                    tracing::warn!(path = %st.path, "reading the NAR failed: {e}");
-                    return Some((Err(e), st));
-                }
-            }
-        }
+/// A store NAR stream (`ds_store`'s pull-based streams run one short
+/// blocking step per poll that finds no chunk ready) polled under a
+/// [`crate::blocking`] permit: at most [`crate::blocking::WORK_PERMITS`]
+/// such steps run at once, however many responses stream, and a response
+/// whose client stopped reading is not polled, so it holds no permit and no
+/// thread.
+pub fn bounded(inner: ByteStream) -> ByteStream {
+    Box::pin(futures::stream::unfold(inner, |mut inner| async move {
+        let permit = crate::blocking::acquire().await;
+        let item = inner.next().await;
+        drop(permit);
+        item.map(|item| (item, inner))
     }))
 }
 
-/// Bytes `start..=end` of `inner` (a stream of the whole NAR that ends
-/// with an error unless it verified, see [`local_nar`] and [`verified`]),
-/// for HTTP Range. The whole of `inner` is consumed: the prefix is read but
-/// not sent, and the last piece of the range is withheld until `inner`
-/// ended cleanly, so a Range response, like a full one, never completes
-/// with bytes of a NAR that failed verification.
+/// Bytes `start..=end` of `inner` (a NAR stream that ends with an error
+/// unless the whole NAR verified: `LocalStore::nar_stream_verified[_from]`
+/// or [`verified`]), for HTTP Range. All of `inner` is consumed, past `end`
+/// too, and the last piece of the window is withheld until `inner` ended
+/// cleanly, so a Range response, like a full one, never completes with
+/// bytes of a NAR that failed verification.
 pub fn window(inner: ByteStream, start: u64, end: u64) -> ByteStream {
     struct St {
         inner: ByteStream,
@@ -281,27 +175,6 @@ pub fn window(inner: ByteStream, start: u64, end: u64) -> ByteStream {
             }
         }
     }))
-}
-
-/// Serve only the first `len` bytes of `inner` (HTTP Range: the store's
-/// `nar_stream_from` already skipped to the start). Stops pulling from
-/// `inner` once `len` bytes went out.
-pub fn limit(inner: ByteStream, len: u64) -> ByteStream {
-    Box::pin(futures::stream::unfold(
-        (inner, len),
-        |(mut inner, left)| async move {
-            if left == 0 {
-                return None;
-            }
-            match inner.next().await? {
-                Err(e) => Some((Err(e), (inner, 0))),
-                Ok(chunk) => {
-                    let take = (chunk.len() as u64).min(left) as usize;
-                    Some((Ok(chunk.slice(..take)), (inner, left - take as u64)))
-                }
-            }
-        },
-    ))
 }
 
 /// Verify a NAR stream against its NarHash and NarSize while it passes
@@ -366,33 +239,6 @@ pub fn verified(inner: ByteStream, expected: ds_core::Hash, size: u64) -> ByteSt
             }
         }
     }))
-}
-
-/// Exactly `len` bytes of `inner`: fewer is an error (so the response is
-/// cut, not ended cleanly), more is not read.
-pub fn exact(inner: ByteStream, len: u64) -> ByteStream {
-    Box::pin(futures::stream::unfold(
-        (inner, len),
-        |(mut inner, left)| async move {
-            if left == 0 {
-                return None;
-            }
-            match inner.next().await {
-                None => Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("source ended {left} bytes early"),
-                    )),
-                    (inner, 0),
-                )),
-                Some(Err(e)) => Some((Err(e), (inner, 0))),
-                Some(Ok(chunk)) => {
-                    let take = (chunk.len() as u64).min(left) as usize;
-                    Some((Ok(chunk.slice(..take)), (inner, left - take as u64)))
-                }
-            }
-        },
-    ))
 }
 
 /// A zstd skippable frame with no content: every zstd decoder (libzstd, so
@@ -491,16 +337,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn limit_lengths() {
-        let data = b"0123456789abcdef";
-        for len in 0..=16u64 {
-            let s = limit(chunks(&[b"0123", b"45", b"6789abc", b"def"]), len);
-            let got = collect(s).await.unwrap();
-            assert_eq!(got, &data[..len as usize], "len {len}");
-        }
-    }
-
-    #[tokio::test]
     async fn verified_passes_a_good_nar_and_cuts_a_bad_one() {
         let data = b"0123456789abcdef";
         let good = ds_core::Hash::sha256(data);
@@ -579,14 +415,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn exact_fails_short_sources() {
-        assert_eq!(
-            collect(exact(chunks(&[b"0123", b"4567"]), 6))
+    async fn window_is_exact_and_withholds_its_end_until_the_source_verified() {
+        let data = b"0123456789abcdef";
+        let good = ds_core::Hash::sha256(data);
+        let parts: &[&'static [u8]] = &[b"0123", b"45", b"6789abc", b"def"];
+        for (a, b) in [(0, 15), (0, 0), (3, 9), (5, 5), (6, 12), (15, 15)] {
+            let got = collect(window(verified(chunks(parts), good.clone(), 16), a, b))
                 .await
-                .unwrap(),
-            b"012345"
-        );
-        assert!(collect(exact(chunks(&[b"0123"]), 6)).await.is_err());
+                .unwrap();
+            assert_eq!(got, &data[a as usize..=b as usize], "{a}-{b}");
+        }
+        // A source that fails verification: no window completes, even one
+        // that ends long before the damage.
+        for (a, b) in [(0, 3), (3, 9), (10, 15)] {
+            let bad = verified(chunks(parts), ds_core::Hash::sha256(b"other"), 16);
+            let mut s = window(bad, a, b);
+            let mut got = Vec::new();
+            let mut failed = false;
+            while let Some(item) = s.next().await {
+                match item {
+                    Ok(x) => got.extend_from_slice(&x),
+                    Err(_) => failed = true,
+                }
+            }
+            assert!(failed, "{a}-{b}");
+            assert!(
+                got.len() < (b - a + 1) as usize,
+                "{a}-{b}: {} bytes",
+                got.len()
+            );
+        }
+        // A source shorter than the window is an error.
+        assert!(collect(window(chunks(&[b"0123"]), 2, 9)).await.is_err());
     }
 
     #[tokio::test]

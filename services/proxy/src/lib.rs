@@ -268,13 +268,15 @@ impl App {
         typed(StatusCode::OK, "text/x-nix-narinfo", narinfo.render())
     }
 
-    /// A NAR: local ones are read, hashed and compressed chunk by chunk as
-    /// the client takes them (see [`body::local_nar`]).
+    /// A NAR: local ones are produced, verified and compressed step by step
+    /// as the client takes them, on the bounded blocking pool
+    /// ([`body::bounded`], [`body::compress`]).
     ///
     /// Range (uncompressed only) is served from a stream verified over the
-    /// whole NAR: the prefix is read and hashed but not sent, and the last
-    /// piece of the range leaves only once the whole NAR matched its
-    /// NarHash ([`body::window`]). So no sequence of requests (a full GET
+    /// whole NAR (`LocalStore::nar_stream_verified_from`: the prefix is
+    /// read and hashed but not sent, unless the store verified this very
+    /// tree before and it is unchanged), and the last piece of the range
+    /// leaves only once the whole NAR matched its NarHash ([`body::window`]). So no sequence of requests (a full GET
     /// cut before its last chunk, then a `Range: bytes=N-` resumption) ever
     /// completes a bad NAR.
     async fn nar(
@@ -308,26 +310,33 @@ impl App {
         if head_only {
             return nar_head(builder, compression, size);
         }
-        let whole = body::local_nar(
-            self.store.clone(),
-            info.path.clone(),
-            info.nar_hash.clone(),
-            size,
-        );
         let stream = match range {
             Some((start, end)) => {
                 builder = builder
                     .status(StatusCode::PARTIAL_CONTENT)
                     .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
                     .header(header::CONTENT_LENGTH, end - start + 1);
-                body::window(whole, start, end)
+                // Verified over the whole NAR by the store (or skipped to
+                // `start` when it verified this unchanged tree before).
+                let from = self.store.clone().nar_stream_verified_from(
+                    info.path.clone(),
+                    info.nar_hash.clone(),
+                    size,
+                    start,
+                );
+                body::window(body::bounded(Box::pin(from)), 0, end - start)
             }
             None => {
                 builder = builder.status(StatusCode::OK);
                 if uncompressed {
                     builder = builder.header(header::CONTENT_LENGTH, size);
                 }
-                body::compress(whole, compression)
+                let whole = self.store.clone().nar_stream_verified(
+                    info.path.clone(),
+                    info.nar_hash.clone(),
+                    size,
+                );
+                body::compress(body::bounded(Box::pin(whole)), compression)
             }
         };
         self.nar_body(builder, stream)

@@ -315,10 +315,16 @@ pub async fn get(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)
 }
 
 fn parse(raw: &[u8], clean: bool, head: bool) -> Resp {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
+    // A body that fails at once can end the connection before the head
+    // went out: status 0, nothing received.
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Resp {
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            complete: false,
+        };
+    };
     let head_text = String::from_utf8_lossy(&raw[..end]).to_string();
     let mut lines = head_text.split("\r\n");
     let status: u16 = lines
