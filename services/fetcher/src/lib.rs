@@ -7,6 +7,8 @@
 //!   per kind of locator (peers and binary-cache files are built in: [`http`]).
 //! - [`Fetcher`]: coalesced downloads (one per NarHash, joined by later
 //!   callers), hedging and resumption across sources, verification, cache.
+//! - [`mirrors`], [`s3`], [`exec`]: `mirror:`, `s3:` and `exec:` backends
+//!   (and the S3 publisher), registered from `[backends.*]` by [`registry`].
 //! - [`nar_file`]: NAR *file* bytes (any network) → checked, decompressed
 //!   NAR bytes; the layer every file-locator backend shares.
 //! - [`cache`]: the on-disk layout and LRU eviction.
@@ -33,3 +35,5 @@ pub use dbus::{DbusMapper, FetcherObject};
 pub use fetcher::{
     FetchError, Fetcher, FetcherConfig, FetcherStatus, MapperLink, NarPipe, NoMapper,
 };
+/// The backends a fetcher gets from the config (built-in + `[backends.*]`).
+pub use fetcher::registry;
