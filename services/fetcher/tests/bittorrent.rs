@@ -90,8 +90,19 @@ async fn seeder_and_two_leechers() {
         return;
     };
     let seed_dir = PathBuf::from(s.get("BT_SEEDER_DIR"));
-    let (nar, file, facts) = nar_file(&seed_dir, "bt-swarm", 1, 3_000_000).await;
+    // DS_BT_NAR_MB=<n> for a measurement with a bigger NAR (default 3).
+    let mb: usize = std::env::var("DS_BT_NAR_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let t0 = Instant::now();
+    let (nar, file, facts) = nar_file(&seed_dir, "bt-swarm", 1, mb * 1_000_000).await;
     let loc = publish(&s, &file, &facts, &nar).await;
+    eprintln!(
+        "made and published the torrent of {} bytes in {:?}",
+        facts.file_size.unwrap_or(0),
+        t0.elapsed()
+    );
     let narinfo = NarInfo::parse(&nar.narinfo).expect("narinfo");
     let again = TorrentPublisher::new(&spec(&s, "SEEDER", true))
         .expect("publisher")
@@ -129,11 +140,12 @@ async fn seeder_and_two_leechers() {
         read_all(pipe).await
     };
     let (a, b) = tokio::join!(via_backend, via_fetcher);
+    let secs = t.elapsed().as_secs_f64();
     eprintln!(
-        "two leechers got {} bytes of NAR ({} bytes xz) in {:?}",
+        "two leechers got {} bytes of NAR ({} bytes xz) each in {secs:.2} s ({:.1} MB/s of file per leecher)",
         nar.bytes.len(),
         facts.file_size.unwrap_or(0),
-        t.elapsed()
+        facts.file_size.unwrap_or(0) as f64 / 1e6 / secs
     );
     assert!(
         a.as_ref().map(|a| a == &nar.bytes).unwrap_or(false),
