@@ -51,7 +51,7 @@ sc_exec() {
   NIXGEN=2.8
 
   node_up exec-bad "$(exec_toml "$W/exec-flip")" || return
-  if TIMEOUT=60 subst exec-bad "$APP"; then bad "corrupt NAR files from the script: substitution succeeded"
+  if TIMEOUT=60 subst exec-bad --option download-attempts 1 "$APP"; then bad "corrupt NAR files from the script: substitution succeeded"
   else ok "corrupt NAR files from the script: substitution fails"; fi
   check "corrupt NAR files: no closure path in the client store" holds_none exec-bad $CLOSURE
   check "corrupt NAR files: the script was asked for NAR files" test -s "$W/exec-flip.served"

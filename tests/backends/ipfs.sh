@@ -64,7 +64,7 @@ TOML
   node_down
 
   node_up ipfs3 "$(cat "$W/ipfs-bad.toml")" || return
-  if TIMEOUT=60 subst ipfs3 "$APP"; then bad "corrupt CIDs only: substitution succeeded"
+  if TIMEOUT=60 subst ipfs3 --option download-attempts 1 "$APP"; then bad "corrupt CIDs only: substitution succeeded"
   else ok "corrupt CIDs only: substitution fails"; fi
   check "corrupt CIDs only: no closure path in the client store" holds_none ipfs3 $CLOSURE
   node_down

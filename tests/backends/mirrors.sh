@@ -28,7 +28,7 @@ urls = [\"$down\", \"$flip\", \"$good\"]" || return
 
   node_up mir2 "[backends.mirrors]
 urls = [\"$flip\", \"$trunc\"]" || return
-  if TIMEOUT=60 subst mir2 "$APP"; then bad "all mirrors corrupt: substitution succeeded"
+  if TIMEOUT=60 subst mir2 --option download-attempts 1 "$APP"; then bad "all mirrors corrupt: substitution succeeded"
   else ok "all mirrors corrupt or truncated: substitution fails"; fi
   check "all mirrors corrupt: no closure path in the client store" holds_none mir2 $CLOSURE
   check "all mirrors corrupt: the corrupt mirrors were asked for NAR files" \

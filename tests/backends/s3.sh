@@ -65,7 +65,7 @@ TOML
   node_down
 
   node_up s3c "$(cat "$W/s3-bad.toml")" || return
-  if TIMEOUT=60 subst s3c "$APP"; then bad "corrupt keys only: substitution succeeded"
+  if TIMEOUT=60 subst s3c --option download-attempts 1 "$APP"; then bad "corrupt keys only: substitution succeeded"
   else ok "corrupt keys only: substitution fails"; fi
   check "corrupt keys only: no closure path in the client store" holds_none s3c $CLOSURE
   node_down
