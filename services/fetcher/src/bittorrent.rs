@@ -345,6 +345,11 @@ impl Aria2 {
 
     /// Whether the engine has a running or waiting download of `info_hash`.
     async fn has(&self, info_hash: &str) -> Result<bool, BackendError> {
+        Ok(self.find(info_hash).await?.is_some())
+    }
+
+    /// The gid of a running or waiting download of `info_hash`, if any.
+    async fn find(&self, info_hash: &str) -> Result<Option<String>, BackendError> {
         let keys = json!(["gid", "infoHash"]);
         let active = self.call("aria2.tellActive", vec![keys.clone()]).await?;
         let waiting = self
@@ -354,7 +359,8 @@ impl Aria2 {
             .iter()
             .filter_map(Value::as_array)
             .flatten()
-            .any(|d| text(d, "infoHash").eq_ignore_ascii_case(info_hash)))
+            .find(|d| text(d, "infoHash").eq_ignore_ascii_case(info_hash))
+            .map(|d| text(d, "gid").to_string()))
     }
 
     /// Forget a download (stopping it first if it still runs); errors are
@@ -501,18 +507,28 @@ impl Download {
         } else {
             json!({"dir": dir, "seed-time": "0", "follow-torrent": "mem"})
         };
-        let first = self
-            .aria2
-            .call("aria2.addUri", vec![json!([magnet]), seeding])
-            .await?;
-        let mut gid = first.as_str().unwrap_or_default().to_string();
-        // Everything from here on removes the download on failure.
+        // The engine may have it already (seeding what this node published
+        // or fetched before, or another fetch in progress): use that one,
+        // and leave it alone afterwards (aria2 refuses a second download of
+        // the same info-hash).
+        let (mut gid, ours) = match self.aria2.find(&self.hash).await? {
+            Some(gid) => (gid, false),
+            None => {
+                let first = self
+                    .aria2
+                    .call("aria2.addUri", vec![json!([magnet]), seeding])
+                    .await?;
+                (first.as_str().unwrap_or_default().to_string(), true)
+            }
+        };
+        // Everything from here on removes our download on failure.
         let mut guard = Downloaded {
             aria2: self.aria2.clone(),
             gids: vec![gid.clone()],
             path: PathBuf::new(),
             dir: self.dir.clone(),
             keep: self.seed,
+            ours,
         };
         let mut best = 0u64;
         let mut last_progress = Instant::now();
@@ -576,11 +592,13 @@ struct Downloaded {
     path: PathBuf,
     dir: PathBuf,
     keep: bool,
+    /// Added by this fetch (not found in the engine already).
+    ours: bool,
 }
 
 impl Drop for Downloaded {
     fn drop(&mut self) {
-        if self.keep && !self.path.as_os_str().is_empty() {
+        if !self.ours || (self.keep && !self.path.as_os_str().is_empty()) {
             return;
         }
         let (aria2, gids, dir) = (

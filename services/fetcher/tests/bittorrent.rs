@@ -154,6 +154,19 @@ async fn seeder_and_two_leechers() {
     );
     assert!(b == nar.bytes, "leecher 2 (fetcher) got {} bytes", b.len());
 
+    // The seeder fetching what it seeds: the engine's existing download is
+    // used (not added twice) and left seeding.
+    let own = BitTorrentBackend::new(&spec(&s, "SEEDER", true)).expect("backend");
+    for round in 0..2 {
+        let got = collect(&own, &loc, &nar).await;
+        assert!(
+            got.as_ref().map(|g| g == &nar.bytes).unwrap_or(false),
+            "seeder's own fetch {round}: {:?}",
+            got.err()
+        );
+    }
+    assert!(file.exists(), "the seeded file stays");
+
     // Not publishing: the download is removed once read.
     let l1_dir = PathBuf::from(s.get("BT_LEECHER1_DIR"));
     let hash = loc_s["btih:".len().."btih:".len() + 40].to_string();
