@@ -199,3 +199,43 @@ async fn endless_output_is_cut_off_and_the_command_killed() {
     .await;
     assert_eq!(s.fetcher.status().cache_entries, 0);
 }
+
+/// Throughput of a 100 MiB NAR through `cat` (run with `--ignored
+/// --nocapture`; prints MB/s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_100_mib() {
+    for kind in ["none", "zstd"] {
+        let dir = tempfile::tempdir().unwrap();
+        let nar = TestNar::new(&format!("exec-big-{kind}"), &contents(52, 100 << 20));
+        let file = compress(kind, &nar.bytes).await;
+        let path = dir.path().join("file");
+        std::fs::write(&path, &file).unwrap();
+        let facts = FileFacts {
+            compression: Compression::from_name(kind),
+            file_hash: Some(Hash::sha256(&file)),
+            file_size: Some(file.len() as u64),
+        };
+        let mut registry = Registry::new();
+        registry.register(Arc::new(CommandBackend::new(
+            vec!["/bin/cat".into()],
+            Duration::from_secs(2),
+        )));
+        let f = Fetcher::with_registry(
+            config(&dir.path().join("cache"), BIG),
+            registry,
+            Arc::new(RecordingMapper::default()),
+            ds_runtime::service::Activity::new(),
+        )
+        .unwrap();
+        let loc = Locator::other("exec", &path.display().to_string(), &facts).to_string();
+        let t = std::time::Instant::now();
+        let fd = f.fetch_verified(&nar.narinfo, &[loc]).await.unwrap();
+        assert!(read_all(fd).await.len() == nar.bytes.len());
+        let mb = nar.bytes.len() as f64 / 1e6;
+        println!(
+            "exec {kind}: fetch {:.0} MB/s ({mb:.0} MB NAR)",
+            mb / t.elapsed().as_secs_f64()
+        );
+    }
+}

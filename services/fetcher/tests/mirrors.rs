@@ -277,3 +277,33 @@ async fn when_every_mirror_fails_the_fetch_falls_back_upstream() {
     assert!(read_all(fd).await == p.nar.bytes);
     assert_eq!(upstream.requests(), 1);
 }
+
+/// Throughput of a 100 MiB NAR from a mirror (run with `--ignored
+/// --nocapture`; prints MB/s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_100_mib() {
+    for kind in ["none", "zstd"] {
+        let nar = TestNar::new(&format!("mirror-big-{kind}"), &contents(51, 100 << 20));
+        let file = Arc::new(compress(kind, &nar.bytes).await);
+        let fl = file.clone();
+        let server = Server::start(move |r| Reply::bytes(r, &fl)).await;
+        let facts = ds_core::FileFacts {
+            compression: ds_core::Compression::from_name(kind),
+            file_hash: Some(Hash::sha256(&file)),
+            file_size: Some(file.len() as u64),
+        };
+        let locator = ds_core::Locator::other("mirror", "nar/x.nar", &facts).to_string();
+        let pool = Arc::new(MirrorPool::new(vec![server.url.clone()]));
+        let dir = tempfile::tempdir().unwrap();
+        let (f, _) = fetcher_over(dir.path(), pool);
+        let t = std::time::Instant::now();
+        let fd = f.fetch_verified(&nar.narinfo, &[locator]).await.unwrap();
+        assert!(read_all(fd).await.len() == nar.bytes.len());
+        let mb = nar.bytes.len() as f64 / 1e6;
+        println!(
+            "mirror {kind}: fetch {:.0} MB/s ({mb:.0} MB NAR)",
+            mb / t.elapsed().as_secs_f64()
+        );
+    }
+}

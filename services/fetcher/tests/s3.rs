@@ -324,3 +324,40 @@ async fn wrong_bytes_in_the_bucket_are_bad_data_and_a_missing_object_fails() {
         Err(ds_fetcher::BackendError::Refused(_))
     ));
 }
+
+/// Throughput of publish + fetch of a 100 MiB NAR (run with `--ignored
+/// --nocapture`; prints MB/s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_100_mib() {
+    let server = s3_server().await;
+    let spec = server.spec("");
+    let work = tempfile::tempdir().unwrap();
+    for kind in ["none", "zstd"] {
+        let nar = TestNar::new(&format!("s3-big-{kind}"), &contents(50, 100 << 20));
+        let (file, facts) = nar_file(work.path(), &nar, kind).await;
+        let info = NarInfo::parse(&nar.narinfo).unwrap();
+        let t = std::time::Instant::now();
+        let locator = S3Publisher::new(&spec)
+            .unwrap()
+            .publish(file, facts, &info)
+            .await
+            .unwrap();
+        let up = t.elapsed();
+        let dir = tempfile::tempdir().unwrap();
+        let f = fetcher(dir.path(), &spec);
+        let t = std::time::Instant::now();
+        let fd = f
+            .fetch_verified(&nar.narinfo, &[locator.to_string()])
+            .await
+            .unwrap();
+        assert!(read_all(fd).await.len() == nar.bytes.len());
+        let down = t.elapsed();
+        let mb = nar.bytes.len() as f64 / 1e6;
+        println!(
+            "s3 {kind}: publish {:.0} MB/s, fetch {:.0} MB/s ({mb:.0} MB NAR)",
+            mb / up.as_secs_f64(),
+            mb / down.as_secs_f64()
+        );
+    }
+}
