@@ -5,7 +5,9 @@
 //!   files, then the proxy; the signer is D-Bus-activated on first use.
 //! - `status`: what the services report over D-Bus.
 //! - `keygen`: a Nix binary-cache key pair.
+//! - `index`: export, import and summarise folder indexes (`docs/index-format.md`).
 
+pub mod index;
 pub mod keygen;
 pub mod status;
 pub mod up;

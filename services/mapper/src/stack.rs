@@ -1,5 +1,6 @@
 //! The mapper stack built from the config: the fleet (local index, peers,
-//! upstreams) first, then each `[[mappers]]` entry in order, then the
+//! upstreams) first, then the imported folder (`<stateDirectory>/index`),
+//! then each `[[mappers]]` entry in order, then the
 //! mappers of backends that answer narinfo lookups; each layer has its own
 //! deadline and the first answer in that order wins ([`Ordered`]).
 
@@ -22,6 +23,10 @@ pub const FOLDER_DEADLINE: Duration = Duration::from_millis(200);
 pub const HTTP_DEADLINE: Duration = Duration::from_millis(500);
 /// Default deadline of a command mapper lookup.
 pub const COMMAND_DEADLINE: Duration = Duration::from_millis(1000);
+
+/// The folder under `stateDirectory` that `distributed-store index import`
+/// fills; always read (a missing folder is an empty index).
+pub const IMPORT_DIR: &str = "index";
 
 /// The two stacks a mapper service answers from.
 pub struct Stacks {
@@ -72,6 +77,14 @@ pub fn build(config: &Config, fleet: Arc<dyn Mapper>, fleet_deadline: Duration) 
     let client = crate::http::client();
     let mut full = Ordered::new().push(fleet, fleet_deadline + SLACK * 2);
     let mut local = Ordered::new();
+    // Imported entries first among the configured mappers: what the
+    // operator imported on purpose.
+    let imported: Arc<dyn Mapper> = Arc::new(FolderMapper::open(
+        &config.state_directory.join(IMPORT_DIR),
+        keys.clone(),
+    ));
+    full = full.push(imported.clone(), FOLDER_DEADLINE);
+    local = local.push(imported, FOLDER_DEADLINE);
     for spec in &config.mappers {
         let (m, deadline, shareable) = configured(spec, &keys, &client);
         full = full.push(m.clone(), deadline);
@@ -79,10 +92,33 @@ pub fn build(config: &Config, fleet: Arc<dyn Mapper>, fleet_deadline: Duration) 
             local = local.push(m, deadline);
         }
     }
-    // TODO(lead): register the backends' lookup mappers here once their
-    // modules exist: `crate::mirrors::MirrorsMapper` when
-    // `config.backends.mirrors` has lookup on (default), `crate::s3::S3Mapper`
-    // likewise for `[backends.s3]` (both last, with `config.upstream_timeout`).
+    // Backends that also answer narinfo lookups, last: they are binary
+    // caches like the upstreams, asked under the upstream deadline.
+    if let Some(spec) = config
+        .backends
+        .mirrors
+        .as_ref()
+        .filter(|m| m.lookup != Some(false))
+    {
+        let m = crate::mirrors::MirrorsMapper::new(
+            spec,
+            client.clone(),
+            config.upstream_timeout,
+            keys.clone(),
+        );
+        full = full.push(Arc::new(m), config.upstream_timeout + SLACK);
+    }
+    if let Some(spec) = config
+        .backends
+        .s3
+        .as_ref()
+        .filter(|s| s.lookup != Some(false))
+    {
+        match crate::s3::S3Mapper::new(spec, keys.clone(), config.upstream_timeout) {
+            Ok(m) => full = full.push(Arc::new(m), config.upstream_timeout + SLACK),
+            Err(e) => tracing::error!("[backends.s3]: no narinfo lookups from the bucket: {e}"),
+        }
+    }
     tracing::info!(full = full.name(), local = local.name(), "mapper stacks");
     Stacks { full, local }
 }
