@@ -168,13 +168,17 @@ impl FileSource for IpfsFile {
                             body.trim()
                         )));
                     }
-                    // kubo announces the length of what it will stream in
-                    // X-Content-Length (no Content-Length on streamed output).
+                    // kubo announces the file's length in X-Content-Length
+                    // (no Content-Length on streamed output). Only trusted
+                    // from byte 0: whether it counts the offset differs
+                    // between versions, and the size is checked at the end
+                    // anyway.
                     let len = resp
                         .headers()
                         .get("x-content-length")
                         .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok());
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .filter(|_| file_offset == 0);
                     let stream: ByteStream = resp.bytes_stream().map_err(transport).boxed();
                     Ok(FileBytes {
                         start: file_offset,
