@@ -113,10 +113,13 @@ aria2() {
     local dl=$DIR/bt-$name/download
     mkdir -p "$dl"
     # Loopback only, no DHT/LPD/PEX: peers come from the tracker alone.
-    # Torrents added by the tests set their own seeding options.
+    # Torrents added by the tests set their own seeding options. Seeding
+    # torrents count against max-concurrent-downloads (default 5): a node
+    # seeding many NARs would queue every new download behind them.
     nohup aria2c --no-conf --enable-rpc --rpc-listen-all=false --rpc-listen-port="$rpc" \
         --listen-port="$peer" --disable-ipv6 --enable-dht=false --enable-dht6=false \
         --bt-enable-lpd=false --enable-peer-exchange=false --bt-external-ip=127.0.0.1 \
+        --max-concurrent-downloads=1000 \
         --file-allocation=none --bt-save-metadata=false --auto-file-renaming=false \
         --allow-overwrite=true --dir="$dl" --log="$DIR/bt-$name.log" --log-level=info \
         --console-log-level=warn >"$DIR/bt-$name.out" 2>&1 &

@@ -574,8 +574,13 @@ impl Download {
                 best = done;
                 last_progress = Instant::now();
             } else if last_progress.elapsed() >= self.stall {
+                let queued = if status == "waiting" {
+                    " (queued by the engine: raise aria2's --max-concurrent-downloads, seeds count against it)"
+                } else {
+                    ""
+                };
                 return Err(BackendError::Transport(format!(
-                    "btih:{}: no progress for {:?} ({done} of {total} bytes verified)",
+                    "btih:{}: no progress for {:?} ({done} of {total} bytes verified){queued}",
                     self.hash, self.stall
                 )));
             }
