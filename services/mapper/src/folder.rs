@@ -434,6 +434,8 @@ pub fn scan(dir: &Path) -> (HashMap<String, PathBuf>, ScanStats) {
     let mut stats = ScanStats::default();
     let files = match entry_files(dir) {
         Ok(f) => f,
+        // Not there (yet): an empty index, not worth a warning.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (map, stats),
         Err(e) => {
             tracing::warn!(folder = %dir.display(), "cannot list the index folder: {e}");
             return (map, stats);
