@@ -146,7 +146,13 @@ pub(crate) async fn run(
             (0..sources.len()).filter(|i| !banned.contains(i)).collect();
         let mut errors: Vec<String> = Vec::new();
         let mut contributors: BTreeSet<usize> = BTreeSet::new();
-        // On a verification failure: ban the peers that contributed, start over.
+        // On a verification failure: start over from byte 0 without the
+        // sources that sent it (peers are also reported to the mapper),
+        // then the upstream fallback. When peers contributed, they are the
+        // suspects (the least trusted sources); otherwise every contributor
+        // is: any backend may lie (a corrupt mirror, a bad object in a
+        // bucket, wrong content behind a CID), so a bad NAR from one source
+        // must not end the download while another could still deliver.
         macro_rules! start_over {
             ($reason:expr) => {{
                 let reason: String = $reason;
@@ -160,12 +166,17 @@ pub(crate) async fn run(
                         inner.mapper.report_bad(peer, &reason);
                     }
                 }
+                let suspects: Vec<usize> = if peers.is_empty() {
+                    contributors.iter().copied().collect()
+                } else {
+                    peers
+                };
                 restarts += 1;
-                if peers.is_empty() || restarts > MAX_RESTARTS {
+                if suspects.is_empty() || restarts > MAX_RESTARTS {
                     return Err(Failure::Verification(reason));
                 }
-                tracing::warn!(path = %nar.store_path, "{reason}; starting over without the peers that sent it");
-                banned.extend(peers);
+                tracing::warn!(path = %nar.store_path, "{reason}; starting over without the sources that sent it");
+                banned.extend(suspects);
                 tx.send_modify(|p| {
                     p.written = 0;
                     p.generation += 1;
@@ -304,9 +315,7 @@ pub(crate) async fn run(
                     continue;
                 }
                 window_bytes += data.len() as u64;
-                if src.peer_url().is_some() {
-                    contributors.insert(idx);
-                }
+                contributors.insert(idx);
                 if pos + data.len() as u64 > nar_size {
                     let e =
                         BackendError::BadData(format!("sent more than NarSize {nar_size} bytes"));

@@ -423,3 +423,36 @@ async fn a_download_starts_over_at_most_three_times() {
         assert!(bad.contains(&l.url), "{bad:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_from_a_file_source_start_over_with_the_next_source() {
+    // A corrupt mirror or upstream file (same length, one byte flipped, no
+    // FileHash to catch it early): the NarHash check fails at the end, the
+    // download starts over without that source and the next one delivers.
+    // Nothing is reported to the mapper: only peers are.
+    let nar = Arc::new(TestNar::new("file-lie", &contents(41, 200_000)));
+    let mut bad = nar.bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    let bad = Arc::new(bad);
+    let b = bad.clone();
+    let liar = Server::start(move |r| Reply::bytes(r, &b)).await;
+    let (good, good_locator) = upstream_serving(&nar).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (f, mapper) = fetcher(dir.path(), BIG);
+    let locs = vec![
+        format!("file:{}/nar/x.nar#compression=none", liar.url),
+        good_locator,
+    ];
+    let verified = f.fetch_verified(&nar.narinfo, &locs).await.unwrap();
+    assert_eq!(read_all(verified).await, nar.bytes);
+    assert_eq!(liar.requests(), 1);
+    assert_eq!(good.requests(), 1);
+    assert_eq!(good.requests_log()[0].range_start(), None, "from byte 0");
+    assert!(mapper.bad.lock().unwrap().is_empty());
+    wait_until("the good NAR cached", Duration::from_secs(5), || {
+        cached(dir.path(), &nar).as_deref() == Some(&nar.bytes[..])
+    })
+    .await;
+    assert_eq!(f.status().verification_failures, 1);
+}
