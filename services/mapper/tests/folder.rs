@@ -345,3 +345,19 @@ async fn ordered_stack_priority_merge_and_deadlines() {
     assert!(took < Duration::from_millis(250), "{took:?}");
     assert_eq!(m.locators[0].scheme(), "btih");
 }
+
+#[test]
+fn the_documented_example_parses() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/index-format.md"
+    ))
+    .unwrap();
+    let start = doc.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    let e = folder::parse(&doc[start..end]).unwrap();
+    assert_eq!(e.locators.len(), 2);
+    assert_eq!(e.narinfo.references.len(), 2);
+    // Already in canonical form: rendering gives the same bytes.
+    assert_eq!(folder::render(&e).unwrap(), &doc[start..end]);
+}
