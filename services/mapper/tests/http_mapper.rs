@@ -224,3 +224,67 @@ deadlineMs = 2000
     );
     assert!(dead.lookup(&sph(1), Scope::Fleet).await.is_err());
 }
+
+/// Every way a remote lookup answer can be wrong, from a real HTTP server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_answers_that_are_refused() {
+    let trusted = key("trusted-1", 1);
+    let good = common::narinfo(&hash_part(1), "one", 1, &trusted);
+    let other_path = common::narinfo(&hash_part(2), "two", 2, &trusted);
+    let t2 = trusted.clone();
+    let url = common::serve(move |p: &str| {
+        let h = p.rsplit('/').next().unwrap_or("");
+        let i = (1..20).find(|&i| hash_part(i) == h)?;
+        let json = |n: &str, locs: &str| {
+            format!(
+                "{{\"narinfo\":{},\"locators\":{locs}}}",
+                serde_json::to_string(n).unwrap()
+            )
+        };
+        Some(match i {
+            1 => (200, json(&good, "[\"ipfs:x\",\"bad locator\"]")),
+            3 => (500, "oops".into()),
+            4 => (200, "not json".into()),
+            5 => (200, json(&other_path, "[]")),
+            6 => (200, json("StorePath: nonsense", "[]")),
+            7 => (200, format!("{{\"narinfo\":\"{}\"}}", "x".repeat(3 << 20))),
+            8 => (
+                200,
+                json(&common::narinfo(&hash_part(8), "h", 8, &t2), "[]")
+                    .replace("\"locators\":[]", "\"held\":true,\"locators\":[]"),
+            ),
+            9 => return None, // never answers
+            _ => (404, String::new()),
+        })
+    })
+    .await;
+    let m = RemoteMapper::new(
+        ds_mapper::http::client(),
+        &url,
+        vec![trusted.public()],
+        Duration::from_millis(400),
+    );
+    let sph = |i| StorePathHash::parse(&hash_part(i)).unwrap();
+    let got = m.lookup(&sph(1), Scope::Fleet).await.unwrap().unwrap();
+    assert_eq!(got.locators.len(), 1, "the bad locator is dropped");
+    assert!(
+        m.lookup(&sph(10), Scope::Fleet).await.unwrap().is_none(),
+        "404 is a miss"
+    );
+    for i in [3, 4, 5, 6, 7] {
+        assert!(
+            m.lookup(&sph(i), Scope::Fleet).await.is_err(),
+            "case {i} accepted"
+        );
+    }
+    // held: the remote itself is the first locator.
+    let got = m.lookup(&sph(8), Scope::Fleet).await.unwrap().unwrap();
+    assert_eq!(got.locators, vec![ds_core::Locator::Peer(url.clone())]);
+    let t = Instant::now();
+    assert!(m.lookup(&sph(9), Scope::Fleet).await.is_err());
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+}
