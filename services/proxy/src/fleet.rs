@@ -76,6 +76,13 @@ const RESOLVED_TTL: Duration = Duration::from_secs(600);
 /// Bound on remembered resolutions (cleared when full).
 const RESOLVED_MAX: usize = 100_000;
 
+/// How long a "not found" from the mapper is reused. The mapper keeps its
+/// own misses for 1.5 s; repeating that here saves the D-Bus round trip
+/// per request when a client (or an attacker) asks again and again for
+/// paths nobody has. A path that appears meanwhile is found at most this
+/// much later.
+const MISS_TTL: Duration = Duration::from_secs(1);
+
 /// Remembered resolutions: (path, upstream only) → (when, what).
 type ResolvedCache = HashMap<(StorePathHash, bool), (Instant, Arc<Resolved>)>;
 
@@ -94,6 +101,7 @@ pub struct Fleet {
     trusted: Vec<PublicKey>,
     lookup_deadline: Duration,
     resolved: Mutex<ResolvedCache>,
+    missed: Mutex<HashMap<(StorePathHash, bool), Instant>>,
     lookups: tokio::sync::Semaphore,
     opens: tokio::sync::Semaphore,
 }
@@ -119,6 +127,7 @@ impl Fleet {
             trusted,
             lookup_deadline,
             resolved: Mutex::new(HashMap::new()),
+            missed: Mutex::new(HashMap::new()),
             lookups: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKUPS),
             opens: tokio::sync::Semaphore::new(MAX_CONCURRENT_OPENS),
         }
@@ -184,6 +193,11 @@ impl Fleet {
                 return Some(r.clone());
             }
         }
+        if let Some(at) = self.missed.lock().ok()?.get(&key) {
+            if at.elapsed() < MISS_TTL {
+                return None;
+            }
+        }
         // Each lookup may fan out to every peer and upstream: bound how many
         // run at once, so that a client asking for thousands of made-up
         // paths cannot turn this node into an amplifier. (Waiting here is
@@ -197,7 +211,15 @@ impl Fleet {
         .await;
         let (text, locators) = match answer {
             Ok(Ok(a)) => a,
-            Ok(Err(MapperError::NotFound(_))) => return None,
+            Ok(Err(MapperError::NotFound(_))) => {
+                if let Ok(mut m) = self.missed.lock() {
+                    if m.len() >= RESOLVED_MAX {
+                        m.clear();
+                    }
+                    m.insert(key, Instant::now());
+                }
+                return None;
+            }
             Ok(Err(e)) => {
                 tracing::warn!(%hash, "mapper lookup failed: {e}");
                 return None;

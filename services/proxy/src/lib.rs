@@ -27,7 +27,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, Stat
 use ds_core::{CacheInfo, NarInfo, Signature, StorePathHash};
 use ds_runtime::config::{NarCompression, SignPaths};
 use ds_runtime::Config;
-use ds_store::{LocalStore, PathInfo};
+use ds_store::{LocalStore, Lookup, PathInfo};
 use futures::StreamExt;
 
 pub use crate::error::ProxyError;
@@ -161,10 +161,16 @@ impl App {
         }
     }
 
-    async fn lookup(&self, hash: StorePathHash) -> Result<Option<PathInfo>, ProxyError> {
+    /// The store's answer for `hash`: from the store's lookup cache on the
+    /// async worker when the database is unchanged (no thread hand-off, no
+    /// query), else one query on the blocking pool.
+    async fn lookup(&self, hash: StorePathHash) -> Result<Arc<Lookup>, ProxyError> {
+        if let Some(hit) = self.store.lookup_cached(&hash) {
+            return Ok(hit);
+        }
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.path_info(&hash)).await {
-            Ok(Ok(info)) => Ok(info),
+        match tokio::task::spawn_blocking(move || store.lookup(&hash)).await {
+            Ok(Ok(found)) => Ok(found),
             Ok(Err(e)) => Err(ProxyError::Internal(format!("store lookup failed: {e}"))),
             Err(e) => Err(ProxyError::Internal(format!("lookup task failed: {e}"))),
         }
@@ -224,7 +230,22 @@ impl App {
     }
 
     async fn narinfo(&self, hash: StorePathHash, hop: Hop) -> Answer {
-        let Some(info) = self.lookup(hash.clone()).await? else {
+        let found = self.lookup(hash.clone()).await?;
+        let compression = self.offered_compression(hop);
+        // The rendered narinfo, kept with the store's cached answer (so it
+        // lives exactly as long as the database is unchanged): a hit needs
+        // neither the signer nor rendering. Only a complete answer is kept
+        // (a signer failure is an error above, never cached).
+        let variant = compression as u32;
+        if let Some(text) = found.rendered(variant) {
+            self.metrics.narinfo_hits.inc();
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/x-nix-narinfo")
+                .body(Body::from(text))
+                .map_err(|e| ProxyError::Internal(format!("building a response: {e}")));
+        }
+        let Some(info) = found.info.clone() else {
             let Some(r) = self.remote(&hash, hop).await else {
                 self.metrics.narinfo_misses.inc();
                 return Err(ProxyError::NotFound);
@@ -249,7 +270,6 @@ impl App {
             }
         }
         self.metrics.narinfo_hits.inc();
-        let compression = self.offered_compression(hop);
         let nar_hash32 = ds_core::base32::encode(&info.nar_hash.digest);
         let uncompressed = compression == NarCompression::None;
         let narinfo = NarInfo {
@@ -265,7 +285,13 @@ impl App {
             sigs,
             ca: info.ca,
         };
-        typed(StatusCode::OK, "text/x-nix-narinfo", narinfo.render())
+        let text = bytes::Bytes::from(narinfo.render());
+        found.set_rendered(variant, text.clone());
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/x-nix-narinfo")
+            .body(Body::from(text))
+            .map_err(|e| ProxyError::Internal(format!("building a response: {e}")))
     }
 
     /// A NAR: local ones are produced, verified and compressed step by step
@@ -288,7 +314,7 @@ impl App {
         head_only: bool,
         hop: Hop,
     ) -> Answer {
-        let Some(info) = self.lookup(hash.clone()).await? else {
+        let Some(info) = self.lookup(hash.clone()).await?.info.clone() else {
             return self
                 .remote_nar(hash, nar_hash32, compression, headers, head_only, hop)
                 .await;
