@@ -115,7 +115,11 @@ impl std::fmt::Display for ExportReport {
 fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
     Ok(match path {
         Some(p) => Config::load(p).with_context(|| format!("loading {}", p.display()))?,
-        None => Config::parse("", None).context("default config")?,
+        // As the services do: the system config when there is one, else the defaults.
+        None => {
+            let default = Path::new(ds_runtime::config::DEFAULT_PATH);
+            Config::load_or_default(default, default).context("loading the default config")?
+        }
     })
 }
 
