@@ -26,7 +26,8 @@ api = \"$IPFS_A_API\"
 publish = true"
     fetch_b="[backends.ipfs]
 api = \"$IPFS_B_API\""
-    sent0=$(curl -sf --noproxy '*' -X POST "$IPFS_A_API/api/v0/bitswap/stat" | python3 -c 'import json,sys; print(json.load(sys.stdin)["DataSent"])')
+    . "$BK/ipfs.sh"  # ipfs_moved: A's bitswap DataSent, or with kubo-rpc.py B's fetched bytes
+    sent0=$(ipfs_moved "$IPFS_A_API" "$IPFS_B_API")
   else
     local s3fs=${S3S_FS_BIN:-/var/cache/distributed-store-test/bin/s3s-fs} port
     [ -x "$s3fs" ] || { skip "neither kubo nor s3s-fs available: no folder round trip"; return; }
@@ -75,8 +76,8 @@ lookup = false"
   check_subst "B: nix-store -r APP through the imported $net locators (A's proxy off)" fb "$APP"
   check "B: closure valid, verified, NarHash as exported" verified fb $CLOSURE
   if [ "$net" = ipfs ]; then
-    sent=$(curl -sf --noproxy '*' -X POST "$IPFS_A_API/api/v0/bitswap/stat" | python3 -c 'import json,sys; print(json.load(sys.stdin)["DataSent"])')
-    check "kubo A sent the closure to kubo B over bitswap ($(mb $((sent - sent0))))" [ $((sent - sent0)) -ge "$(closure_file_bytes)" ]
+    sent=$(ipfs_moved "$IPFS_A_API" "$IPFS_B_API")
+    check "$(ipfs_moved_what "$IPFS_B_API"): the closure ($(mb $((sent - sent0))))" [ $((sent - sent0)) -ge "$(closure_file_bytes)" ]
   else
     check "s3s-fs answered GetObject for NAR files" grep -q 'op: GetObject, s3_path: Object { bucket: "cache", key: "nar/' "$W/folder-s3.log"
   fi
