@@ -664,6 +664,10 @@ impl FileSource for Downloaded {
 pub struct TorrentPublisher {
     aria2: Aria2,
     trackers: Arc<Vec<String>>,
+    /// Where seeded files are kept (`<downloadDirectory>/seed`): the file a
+    /// caller hands over may be temporary (the indexer deletes its
+    /// generated NAR files), and a seeder must keep serving it.
+    seed_dir: Option<PathBuf>,
 }
 
 impl TorrentPublisher {
@@ -672,6 +676,7 @@ impl TorrentPublisher {
         Ok(TorrentPublisher {
             aria2: Aria2::new(spec)?,
             trackers: Arc::new(spec.trackers.clone()),
+            seed_dir: spec.download_directory.as_ref().map(|d| d.join("seed")),
         })
     }
 }
@@ -688,7 +693,34 @@ impl Publisher for TorrentPublisher {
         _nar: &NarInfo,
     ) -> BoxFuture<'static, Result<Locator, BackendError>> {
         let (aria2, trackers) = (self.aria2.clone(), self.trackers.clone());
+        let seed_dir = self.seed_dir.clone();
         async move {
+            // Keep our own copy to seed from (a hard link when on the same
+            // file system), named by the file (its FileHash names it).
+            let file = match (&seed_dir, file.file_name()) {
+                (Some(dir), Some(name)) => {
+                    let kept = dir.join(name);
+                    let (from, to) = (file.clone(), kept.clone());
+                    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                        std::fs::create_dir_all(to.parent().unwrap_or(&to))?;
+                        if to.exists() {
+                            return Ok(());
+                        }
+                        let tmp = to.with_extension("partial");
+                        if std::fs::hard_link(&from, &tmp).is_err() {
+                            std::fs::copy(&from, &tmp)?;
+                        }
+                        std::fs::rename(&tmp, &to)
+                    })
+                    .await
+                    .map_err(|e| BackendError::Transport(format!("keeping the seed file: {e}")))?
+                    .map_err(|e| {
+                        BackendError::Transport(format!("keeping {} to seed: {e}", kept.display()))
+                    })?;
+                    kept
+                }
+                _ => file,
+            };
             let path = file.clone();
             let tr = trackers.clone();
             // Hashing the pieces reads the whole file: off the runtime.
