@@ -198,7 +198,7 @@ async fn unreachable_api_is_a_transport_error() {
 /// A CID no node holds (B asks A, its only peer, in vain; kubo would
 /// search forever): the fetcher gives up by its stall limit (four times
 /// the backend's first-byte deadline, 40 s) instead of hanging, and
-/// nothing is delivered.
+/// nothing is delivered. Junk in place of a CID is refused at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cid_nobody_holds_fails_at_the_deadline() {
     let Some(s) = Servers::start("ipfs") else {
@@ -217,6 +217,14 @@ async fn cid_nobody_holds_fails_at_the_deadline() {
     )
     .expect("fetcher");
     let nar = TestNar::new("ipfs-nowhere", &contents(3, 1000));
+    // Not a CID at all (but only CID characters, so it is sent): the node
+    // refuses it at once, kubo's error JSON in the message.
+    let b = IpfsBackend::new(&spec(s.get("IPFS_B_API"))).expect("backend");
+    let junk = Locator::other("ipfs", "notacid", &FileFacts::default());
+    match collect(&b, &junk, &nar).await {
+        Err(BackendError::Refused(m)) => assert!(m.contains("HTTP 500"), "{m}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|v| v.len())),
+    }
     // A valid CIDv1 (raw) of bytes nobody added.
     let loc = Locator::other(
         "ipfs",
@@ -241,4 +249,30 @@ async fn cid_nobody_holds_fails_at_the_deadline() {
         elapsed < ds_fetcher::ipfs::DEFAULT_DEADLINE * 4 + Duration::from_secs(10),
         "{elapsed:?}"
     );
+}
+
+/// Without `api`, the backend reads through B's gateway (`GET /ipfs/<CID>`
+/// with Range): A publishes, B's node fetches the blocks from A, the NAR
+/// arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_through_b_gateway() {
+    let Some(s) = Servers::start("ipfs") else {
+        return;
+    };
+    let files = tempfile::tempdir().expect("tempdir");
+    let (nar, file, facts) = nar_file(files.path(), "ipfs-gw", 4, 700_000).await;
+    let narinfo = NarInfo::parse(&nar.narinfo).expect("narinfo");
+    let loc = IpfsPublisher::new(&spec(s.get("IPFS_A_API")))
+        .expect("publisher")
+        .publish(file, facts, &narinfo)
+        .await
+        .expect("publish");
+    let b = IpfsBackend::new(&IpfsSpec {
+        api: None,
+        gateway: Some(s.get("IPFS_B_GATEWAY")),
+        publish: false,
+    })
+    .expect("backend");
+    let got = collect(&b, &loc, &nar).await.expect("fetch via gateway");
+    assert!(got == nar.bytes, "B's gateway gave {} bytes", got.len());
 }
