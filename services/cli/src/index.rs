@@ -26,7 +26,6 @@ use ds_runtime::Config;
 use ds_store::{LocalStore, PathInfo, StoreUri};
 use futures::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What `index export` is asked to do.
 #[derive(Clone)]
@@ -280,61 +279,71 @@ async fn from_upstream(
 }
 
 /// Write the NAR file of `path` to `out`, compressed, and return its
-/// SHA-256 and size (hashed while written: the file is read once).
+/// SHA-256 and size (hashed while written: the file is read once) and the
+/// NAR's size.
+///
+/// One synchronous encoder, fed in order and finished once, no flushes in
+/// between: the same NAR gives the same file bytes on every run, so a
+/// re-export finds the same FileHash and changes nothing (an index in git
+/// stays diff-free).
 async fn make_nar_file(
     store: Arc<LocalStore>,
     path: StorePath,
     compression: Compression,
     out: &Path,
 ) -> anyhow::Result<(Hash, u64, u64)> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
-    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-        use std::io::Read as _;
-        let mut r = store.nar_reader(&path)?;
-        let mut total = 0u64;
-        loop {
-            let mut buf = vec![0u8; 256 * 1024];
-            let n = r.read(&mut buf)?;
-            if n == 0 {
-                return Ok(total);
-            }
-            total += n as u64;
-            buf.truncate(n);
-            if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
-                bail!("NAR consumer stopped");
-            }
-        }
-    });
-    let chunks = Box::pin(stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|v| (v, rx))
-    }));
-    let nar = tokio_util::io::StreamReader::new(chunks);
-    let mut src: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match compression {
-        Compression::None => Box::new(nar),
-        Compression::Zstd => Box::new(async_compression::tokio::bufread::ZstdEncoder::new(nar)),
-        Compression::Xz => Box::new(async_compression::tokio::bufread::XzEncoder::new(nar)),
-        other => bail!("--compression {}: use none, zstd or xz", other.as_str()),
-    };
-    let mut file = tokio::fs::File::create(out)
-        .await
-        .with_context(|| format!("creating {}", out.display()))?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = src.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-        file.write_all(&buf[..n]).await?;
+    /// Counts and hashes what goes to the file.
+    struct Hashing<W> {
+        inner: W,
+        hasher: Sha256,
+        size: u64,
     }
-    file.flush().await?;
-    let nar_bytes = reader.await.context("NAR reader task")??;
-    let hash =
-        Hash::from_digest(HashAlgo::Sha256, &hasher.finalize()).context("sha256 digest length")?;
-    Ok((hash, size, nar_bytes))
+    impl<W: std::io::Write> std::io::Write for Hashing<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.inner.write(buf)?;
+            self.hasher.update(&buf[..n]);
+            self.size += n as u64;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+    let out = out.to_path_buf();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(Hash, u64, u64)> {
+        use std::io::Write as _;
+        let mut nar = store.nar_reader(&path)?;
+        let file =
+            std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+        let mut w = Hashing {
+            inner: std::io::BufWriter::with_capacity(256 * 1024, file),
+            hasher: Sha256::new(),
+            size: 0,
+        };
+        let nar_bytes = match compression {
+            Compression::None => std::io::copy(&mut nar, &mut w)?,
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(&mut w, 3)?;
+                let n = std::io::copy(&mut nar, &mut e)?;
+                e.finish()?;
+                n
+            }
+            Compression::Xz => {
+                let mut e = liblzma::write::XzEncoder::new(&mut w, 6);
+                let n = std::io::copy(&mut nar, &mut e)?;
+                e.finish()?;
+                n
+            }
+            other => bail!("--compression {}: use none, zstd or xz", other.as_str()),
+        };
+        w.flush()?;
+        let Hashing { hasher, size, .. } = w;
+        let hash = Hash::from_digest(HashAlgo::Sha256, &hasher.finalize())
+            .context("sha256 digest length")?;
+        Ok((hash, size, nar_bytes))
+    })
+    .await
+    .context("NAR file task")?
 }
 
 /// One path's entries (one per NAR file: upstream's, our published one).
