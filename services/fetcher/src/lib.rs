@@ -24,16 +24,16 @@ mod download;
 pub mod exec;
 mod fetcher;
 pub mod http;
-pub mod mirrors;
 pub mod ipfs;
+pub mod mirrors;
 pub mod nar_file;
 mod reader;
 pub mod s3;
 
 pub use backend::{Backend, BackendError, ByteStream, Opened, Publisher, Registry};
 pub use dbus::{DbusMapper, FetcherObject};
+/// The backends a fetcher gets from the config (built-in + `[backends.*]`).
+pub use fetcher::registry;
 pub use fetcher::{
     FetchError, Fetcher, FetcherConfig, FetcherStatus, MapperLink, NarPipe, NoMapper,
 };
-/// The backends a fetcher gets from the config (built-in + `[backends.*]`).
-pub use fetcher::registry;
