@@ -94,7 +94,14 @@ pub async fn run(
     );
 
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let wants_signing = config.private_key_file.is_some();
+    // The signer's key: `privateKeyFile`, else the documented default path
+    // (the signer reads the same; the proxy only needs to know one exists
+    // to expect signatures, it never reads it).
+    let wants_signing = ds_runtime::config::key_file_or_default(
+        config.private_key_file.as_deref(),
+        std::path::Path::new(ds_runtime::config::DEFAULT_PRIVATE_KEY_FILE),
+    )
+    .is_some();
     let conn = connect_bus().await;
     let signer = Arc::new(SignerClient::new(conn.clone(), wants_signing));
     if let Some(conn) = &conn {
