@@ -243,18 +243,17 @@ let
         types.submodule {
           options = {
             engine = mkOption {
-              type = types.enum [
-                "transmission"
-                "aria2"
-              ];
-              description = "External BitTorrent engine driven over its RPC.";
+              # The fetcher drives aria2's JSON-RPC only (Transmission 3.00
+              # never dials peers on 127.0.0.0/8, and its RPC differs).
+              type = types.enum [ "aria2" ];
+              description = "External BitTorrent engine driven over its RPC: `\"aria2\"` (the only one the fetcher supports).";
             };
             rpc = mkOption {
               type = urlType;
-              description = "The engine's RPC URL, e.g. `http://127.0.0.1:9091/transmission/rpc`.";
+              description = "aria2's JSON-RPC URL, e.g. `http://127.0.0.1:6800/jsonrpc`.";
             };
             rpcSecretFile = nullOr absolutePath // {
-              description = "File holding the RPC secret (aria2 token / transmission user:password).";
+              description = "File holding aria2's RPC token (`--rpc-secret`), readable by the `distributed-store` user.";
             };
             trackers = mkOption {
               type = types.listOf (types.strMatching "(https?|udp)://[^[:space:]]+");
@@ -351,6 +350,18 @@ let
   ipfsBad = cfg.settings.backends.ipfs != null && cfg.settings.backends.ipfs.api == null && cfg.settings.backends.ipfs.gateway == null;
   s3InStore = s3Credential && lib.hasPrefix "/nix/store/" s3.credentialsFile;
 
+  # bittorrent.enable: aria2's token, given or generated (readable by the
+  # fetcher's user; aria2 gets it as a systemd credential, read by root).
+  generatedSecretFile = "/var/lib/distributed-store-aria2/rpc-secret";
+  btSecretFile =
+    if cfg.bittorrent.rpcSecretFile != null then cfg.bittorrent.rpcSecretFile else generatedSecretFile;
+  btSecretInStore =
+    cfg.bittorrent.rpcSecretFile != null
+    && (
+      lib.hasPrefix "${builtins.storeDir}/" cfg.bittorrent.rpcSecretFile
+      || lib.hasPrefix "/nix/store/" cfg.bittorrent.rpcSecretFile
+    );
+
 in
 {
   options.services.distributed-store = {
@@ -398,20 +409,35 @@ in
 
     bittorrent = {
       enable = lib.mkEnableOption ''
-        a local BitTorrent engine (transmission, {option}`services.transmission`)
-        for the BitTorrent backend: RPC on loopback only, and
-        {option}`settings.backends.bittorrent` pointed at it unless set'';
+        a local BitTorrent engine (aria2, {option}`services.aria2`) for the
+        BitTorrent backend: JSON-RPC on 127.0.0.1 only with a secret token,
+        and {option}`settings.backends.bittorrent` pointed at it unless set'';
       rpcPort = mkOption {
         type = types.port;
-        default = 9091;
-        description = "TCP port of transmission's RPC on 127.0.0.1.";
+        default = 6800;
+        description = "TCP port of aria2's JSON-RPC on 127.0.0.1 (`rpc-listen-port`).";
+      };
+      rpcSecretFile = mkOption {
+        type = types.nullOr absolutePath;
+        default = null;
+        example = "/run/keys/aria2-rpc-secret";
+        description = ''
+          File holding aria2's RPC token (one line). Read by aria2 (as a
+          systemd credential) and by the fetcher (as the `distributed-store`
+          user, which must be able to read it). Keep it out of the Nix store.
+          `null`: a random token is generated once into
+          `${generatedSecretFile}` (root:distributed-store, 0440) by
+          `distributed-store-aria2-secret.service`, before aria2 and the
+          fetcher start.
+        '';
       };
       dht = mkOption {
         type = types.bool;
         default = false;
         description = ''
-          Let transmission use the mainline DHT and peer exchange (public
-          network). Off: peers come from the trackers only.
+          Let aria2 use the mainline DHT, peer exchange and local peer
+          discovery (public network / LAN multicast). Off: peers come from
+          the trackers only.
         '';
       };
       tracker.enable = lib.mkEnableOption ''
@@ -830,28 +856,99 @@ in
         };
       })
 
-      (lib.mkIf cfg.bittorrent.enable {
-        services.transmission = {
-          enable = true;
-          settings = {
-            rpc-bind-address = "127.0.0.1";
-            rpc-port = cfg.bittorrent.rpcPort;
-            rpc-whitelist-enabled = true;
-            rpc-whitelist = "127.0.0.1";
-            dht-enabled = cfg.bittorrent.dht;
-            pex-enabled = cfg.bittorrent.dht;
-            lpd-enabled = false;
-            download-dir = lib.mkDefault "/var/lib/transmission/Downloads";
-            # 022: the fetcher (group transmission) reads what it downloads.
-            umask = 18;
+      (lib.mkIf cfg.bittorrent.enable (
+        let
+          # aria2's download directory (its module's default unless the
+          # user sets services.aria2.settings.dir).
+          btDir = config.services.aria2.settings.dir;
+        in
+        {
+          assertions = [
+            {
+              assertion = !btSecretInStore;
+              message = ''
+                services.distributed-store.bittorrent.rpcSecretFile is in the Nix store, which is
+                world-readable. Keep it outside (e.g. /run/keys/aria2-rpc-secret) and give its
+                path as a string, or leave it null to have a token generated.
+              '';
+            }
+          ];
+
+          # The options the fetcher relies on (tests/backends/servers.sh runs
+          # aria2c with the same ones): RPC on loopback, no public discovery
+          # unless bittorrent.dht, the file under <dir>/<info-hash>/ with its
+          # own name, and room for many seeds (they count against
+          # max-concurrent-downloads).
+          services.aria2 = {
+            enable = true;
+            rpcSecretFile = btSecretFile;
+            # 0007 + a setgid download directory: what aria2 writes is
+            # group aria2, readable (and removable) by the fetcher.
+            serviceUMask = "0007";
+            downloadDirPermission = "2770";
+            settings = {
+              rpc-listen-port = cfg.bittorrent.rpcPort;
+              rpc-listen-all = false;
+              enable-dht = cfg.bittorrent.dht;
+              enable-dht6 = cfg.bittorrent.dht;
+              enable-peer-exchange = cfg.bittorrent.dht;
+              bt-enable-lpd = cfg.bittorrent.dht;
+              max-concurrent-downloads = lib.mkDefault 1000;
+              auto-file-renaming = lib.mkDefault false;
+              allow-overwrite = lib.mkDefault true;
+              file-allocation = lib.mkDefault "none";
+            };
           };
-        };
-        users.users.distributed-store.extraGroups = [ "transmission" ];
-        services.distributed-store.settings.backends.bittorrent = lib.mkDefault {
-          engine = "transmission";
-          rpc = "http://127.0.0.1:${toString cfg.bittorrent.rpcPort}/transmission/rpc";
-          downloadDirectory = "/var/lib/transmission/Downloads";
-          trackers = lib.optional cfg.bittorrent.tracker.enable "http://127.0.0.1:6969/announce";
+          systemd.services.aria2 = {
+            requires = lib.optional (cfg.bittorrent.rpcSecretFile == null) "distributed-store-aria2-secret.service";
+            after = lib.optional (cfg.bittorrent.rpcSecretFile == null) "distributed-store-aria2-secret.service";
+          };
+
+          # The fetcher creates <dir>/<info-hash>/ for aria2 to write into
+          # and removes it afterwards: it needs the aria2 group, write
+          # access under ProtectSystem=strict, and a umask that leaves the
+          # directory group-writable (files in its own cache stay private to
+          # the distributed-store user and group).
+          users.users.distributed-store.extraGroups = [ "aria2" ];
+          systemd.services.distributed-store-fetcher = {
+            requires = lib.optional (cfg.bittorrent.rpcSecretFile == null) "distributed-store-aria2-secret.service";
+            after = [ "aria2.service" ] ++ lib.optional (cfg.bittorrent.rpcSecretFile == null) "distributed-store-aria2-secret.service";
+            serviceConfig = {
+              UMask = "0007";
+              ReadWritePaths = [ btDir ];
+            };
+          };
+
+          services.distributed-store.settings.backends.bittorrent = lib.mkDefault {
+            engine = "aria2";
+            rpc = "http://127.0.0.1:${toString cfg.bittorrent.rpcPort}/jsonrpc";
+            rpcSecretFile = btSecretFile;
+            downloadDirectory = btDir;
+            trackers = lib.optional cfg.bittorrent.tracker.enable "http://127.0.0.1:6969/announce";
+          };
+        }
+      ))
+
+      # No token given: make one once (kept across reboots), before aria2
+      # and the fetcher read it.
+      (lib.mkIf (cfg.bittorrent.enable && cfg.bittorrent.rpcSecretFile == null) {
+        systemd.services.distributed-store-aria2-secret = {
+          serviceConfig = {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            UMask = "0227";
+          };
+          script = ''
+            set -eu
+            f=${generatedSecretFile}
+            if [ ! -s "$f" ]; then
+              install -d -m 0750 -o root -g distributed-store ${dirOf generatedSecretFile}
+              head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$f.tmp"
+              chgrp distributed-store "$f.tmp"
+              chmod 0440 "$f.tmp"
+              mv "$f.tmp" "$f"
+            fi
+          '';
         };
       })
 

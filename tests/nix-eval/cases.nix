@@ -325,6 +325,19 @@ in
     };
   };
 
+  # A token of one's own, DHT on, another RPC port.
+  bittorrent-secret = {
+    services.distributed-store = {
+      enable = true;
+      bittorrent = {
+        enable = true;
+        rpcPort = 6900;
+        rpcSecretFile = "/run/keys/aria2-rpc-secret";
+        dht = true;
+      };
+    };
+  };
+
   # A short idleExitSec and many connections: the limits follow.
   limits = {
     services.distributed-store = {
@@ -367,7 +380,28 @@ in
     };
   };
 
+  bittorrent-secret-in-store = {
+    services.distributed-store = {
+      enable = true;
+      bittorrent = {
+        enable = true;
+        rpcSecretFile = "/nix/store/00000000000000000000000000000000-aria2-secret";
+      };
+    };
+  };
+
   # Evaluation errors (types).
+  # The fetcher refuses transmission: the module refuses it first.
+  bad-bittorrent-engine = {
+    services.distributed-store = {
+      enable = true;
+      settings.backends.bittorrent = {
+        engine = "transmission";
+        rpc = "http://127.0.0.1:9091/transmission/rpc";
+      };
+    };
+  };
+
   bad-mapper-type = {
     services.distributed-store = {
       enable = true;

@@ -140,7 +140,12 @@ def enabled_basics(case, r, assertions_fail=False):
         # The hardening is the units' own (dist/systemd, checked by
         # check_package.py); the module must not keep a second copy that
         # could drift from it. (hardening-override: the user's own choice.)
-        repeated = HARDENING & set(sc) - ({"MemoryDenyWriteExecute"} if case == "hardening-override" else set())
+        # (bittorrent.enable: the fetcher's UMask 0007 is a deliberate
+        # change, checked in the bittorrent cases, not a copy.)
+        allowed = {"MemoryDenyWriteExecute"} if case == "hardening-override" else set()
+        if case.startswith("bittorrent") and s == FETCHER:
+            allowed = {"UMask"}
+        repeated = HARDENING & set(sc) - allowed
         check(f"{case}: {s} drop-in repeats none of the units' hardening", not repeated, sorted(repeated))
     data = tomllib.loads(f["etc"][CONFIG]["text"] or "") if CONFIG in f["etc"] else {}
     maxc = data.get("maxConnections", 1024)
@@ -203,6 +208,7 @@ def main():
         "bad-backend-command": [r"backends\.command\.command", r"absolute path"],
         "bad-backend-key": [r"carrierpigeon"],
         "bad-mirror-url": [r"backends\.mirrors\.urls"],
+        "bad-bittorrent-engine": [r"backends\.bittorrent\.engine", r"aria2"],
     }
 
     for case in cases:
@@ -227,7 +233,8 @@ def main():
             continue
 
         enabled_basics(case, r, assertions_fail=case in ("key-in-store", "bad-listen-host", "bad-listen-port",
-                                                        "mapper-wrong-field", "ipfs-no-endpoint", "s3-credentials-in-store"))
+                                                        "mapper-wrong-field", "ipfs-no-endpoint", "s3-credentials-in-store",
+                                                        "bittorrent-secret-in-store"))
         data = toml_of(r, case)
         subs = f["nixSettings"]["substituters"]
         keys = f["nixSettings"]["trusted-public-keys"]
@@ -378,7 +385,7 @@ def main():
                   fsc_of(f).get("LoadCredential") == ["s3-credentials:/run/keys/s3"]
                   and all("s3-credentials" not in str(f["services"][x]["serviceConfig"].get("LoadCredential")) for x in (PROXY, SIGNER, MAPPER)),
                   fsc_of(f).get("LoadCredential"))
-            check(f"{case}: no kubo/transmission unless asked", not f["kubo"]["enable"] and not f["transmission"]["enable"], "")
+            check(f"{case}: no kubo/aria2 unless asked", not f["kubo"]["enable"] and not f["aria2"]["enable"], "")
             check(f"{case}: no warnings, no failed assertions", f["warnings"] == [] and f["failedAssertions"] == [], f["failedAssertions"])
 
         elif case in ("ipfs-enable", "ipfs-online"):
@@ -397,20 +404,48 @@ def main():
             check(f"{case}: backends.ipfs points at it", data.get("backends", {}).get("ipfs") == {
                 "api": f"http://127.0.0.1:{port}", "gateway": "http://127.0.0.1:8080", "publish": False}, data.get("backends"))
 
-        elif case == "bittorrent-enable":
-            t = f["transmission"]
-            check(f"{case}: transmission on loopback, DHT/PEX/LPD off", t["enable"] is True
-                  and t["settings"]["rpc-bind-address"] == "127.0.0.1" and t["settings"]["rpc-whitelist"] == "127.0.0.1"
-                  and t["settings"]["dht-enabled"] is False and t["settings"]["pex-enabled"] is False
-                  and t["settings"]["lpd-enabled"] is False, t)
-            check(f"{case}: opentracker on loopback", f["opentracker"]["enable"] is True
-                  and "-i 127.0.0.1" in f["opentracker"]["extraOptions"], f["opentracker"])
-            check(f"{case}: the fetcher's user may read transmission's downloads",
-                  "transmission" in f["users"]["distributed-store"]["extraGroups"], f["users"]["distributed-store"])
-            check(f"{case}: backends.bittorrent points at it", data.get("backends", {}).get("bittorrent") == {
-                "engine": "transmission", "rpc": "http://127.0.0.1:9091/transmission/rpc",
-                "downloadDirectory": "/var/lib/transmission/Downloads",
-                "trackers": ["http://127.0.0.1:6969/announce"], "publish": False}, data.get("backends"))
+        elif case in ("bittorrent-enable", "bittorrent-secret"):
+            a = f["aria2"]
+            st = a["settings"] if a["enable"] else {}
+            gen = case == "bittorrent-enable"
+            port, dht = (6800, False) if gen else (6900, True)
+            secret = "/var/lib/distributed-store-aria2/rpc-secret" if gen else "/run/keys/aria2-rpc-secret"
+            check(f"{case}: aria2 with RPC on loopback only, port {port}", a["enable"] is True
+                  and st.get("enable-rpc") is True and st.get("rpc-listen-all") is False
+                  and st.get("rpc-listen-port") == port, a)
+            check(f"{case}: DHT/DHT6/PEX/LPD {'on' if dht else 'off'} (bittorrent.dht)",
+                  all(st.get(k) is dht for k in ("enable-dht", "enable-dht6", "enable-peer-exchange", "bt-enable-lpd")), st)
+            check(f"{case}: aria2 keeps file names and has room for seeds (as tests/backends/servers.sh)",
+                  st.get("auto-file-renaming") is False and st.get("max-concurrent-downloads") == 1000, st)
+            check(f"{case}: aria2 reads the token from {secret}", a.get("rpcSecretFile") == secret, a.get("rpcSecretFile"))
+            check(f"{case}: aria2's files group-readable in a setgid directory",
+                  a.get("serviceUMask") == "0007" and a.get("downloadDirPermission") == "2770", a)
+            check(f"{case}: the fetcher's user is in group aria2",
+                  "aria2" in f["users"]["distributed-store"]["extraGroups"], f["users"]["distributed-store"])
+            fsc = fsc_of(f)
+            check(f"{case}: the fetcher may create/remove <dir>/<info-hash> (ReadWritePaths, UMask 0007)",
+                  fsc.get("ReadWritePaths") == ["/var/lib/aria2/Downloads"] and fsc.get("UMask") == "0007", fsc)
+            check(f"{case}: backends.bittorrent points at aria2", data.get("backends", {}).get("bittorrent") == {
+                "engine": "aria2", "rpc": f"http://127.0.0.1:{port}/jsonrpc", "rpcSecretFile": secret,
+                "downloadDirectory": "/var/lib/aria2/Downloads",
+                "trackers": ["http://127.0.0.1:6969/announce"] if gen else [], "publish": False}, data.get("backends"))
+            sec = f["services"].get("distributed-store-aria2-secret")
+            fet = f["services"]["distributed-store-fetcher"]
+            if gen:
+                check(f"{case}: a token is generated once, root:distributed-store 0440, before aria2 and the fetcher",
+                      sec is not None and sec["serviceConfig"].get("Type") == "oneshot"
+                      and "/dev/urandom" in sec["script"] and 'if [ ! -s "$f" ]' in sec["script"]
+                      and "chmod 0440" in sec["script"] and "chgrp distributed-store" in sec["script"]
+                      and all("distributed-store-aria2-secret.service" in u["requires"] and "distributed-store-aria2-secret.service" in u["after"]
+                              for u in (f["services"]["aria2"], fet)), sec)
+                check(f"{case}: opentracker on loopback", f["opentracker"]["enable"] is True
+                      and "-i 127.0.0.1" in f["opentracker"]["extraOptions"], f["opentracker"])
+            else:
+                check(f"{case}: no generated token when one is given", sec is None
+                      and "distributed-store-aria2-secret.service" not in fet["requires"], sec)
+                check(f"{case}: no tracker unless asked", f["opentracker"]["enable"] is False, f["opentracker"])
+            check(f"{case}: fetcher ordered after aria2", "aria2.service" in fet["after"], fet["after"])
+            check(f"{case}: no warnings, no failed assertions", f["warnings"] == [] and f["failedAssertions"] == [], f["failedAssertions"])
 
         elif case == "limits":
             psc = f["services"][PROXY]["serviceConfig"]
@@ -418,8 +453,9 @@ def main():
                   f["services"][PROXY]["unitConfig"].get("StartLimitBurst") == 35 and psc.get("LimitNOFILE") == 17408
                   and psc.get("MemoryMax") == "49408M", (f["services"][PROXY]["unitConfig"], psc))
 
-        elif case in ("mapper-wrong-field", "ipfs-no-endpoint", "s3-credentials-in-store"):
+        elif case in ("mapper-wrong-field", "ipfs-no-endpoint", "s3-credentials-in-store", "bittorrent-secret-in-store"):
             pat = {"mapper-wrong-field": r"settings\.mappers\.0 \(type = \"folder\"\) needs `path`",
+                   "bittorrent-secret-in-store": r"bittorrent\.rpcSecretFile is in the Nix store",
                    "ipfs-no-endpoint": r"backends\.ipfs needs `api`",
                    "s3-credentials-in-store": r"credentialsFile is in the Nix\s+store"}[case]
             fa = f["failedAssertions"]

@@ -38,7 +38,7 @@ let
         _: s:
         unit s
         // {
-          inherit (s) serviceConfig environment;
+          inherit (s) serviceConfig environment script;
         }
       ) config.systemd.services;
       sockets = lib.mapAttrs (
@@ -64,7 +64,8 @@ let
       failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
       warnings = config.warnings;
       kubo = config.services.kubo;
-      transmission = config.services.transmission;
+      # rpcSecretFile has no default: only read when aria2 is on.
+      aria2 = if config.services.aria2.enable then config.services.aria2 else { enable = false; };
       opentracker = config.services.opentracker;
     };
 

@@ -96,6 +96,10 @@ in
               type = types.attrsOf types.str;
               default = { };
             };
+            script = mkOption {
+              type = types.lines;
+              default = "";
+            };
           };
         }
       );
@@ -175,7 +179,7 @@ in
       default = [ ];
     };
 
-    # The parts of nixpkgs' services.kubo, services.transmission and
+    # The parts of nixpkgs' services.kubo, services.aria2 and
     # services.opentracker that the module sets (same names and types).
     services.kubo = {
       enable = mkOption {
@@ -211,30 +215,60 @@ in
         };
       };
     };
-    services.transmission = {
+    # nixpkgs' nixos/modules/services/networking/aria2.nix (current form:
+    # rpcSecretFile required, serviceUMask, downloadDirPermission, a
+    # freeform `settings` of bool/int/float/single-line strings).
+    services.aria2 = {
       enable = mkOption {
         type = types.bool;
         default = false;
       };
+      openPorts = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      rpcSecretFile = mkOption { type = types.path; };
+      serviceUMask = mkOption {
+        type = types.str;
+        default = "0022";
+      };
+      downloadDirPermission = mkOption {
+        type = types.str;
+        default = "0770";
+      };
       settings = mkOption {
         default = { };
         type = types.submodule {
-          freeformType = types.attrsOf types.unspecified;
-          options.download-dir = mkOption {
-            type = types.str;
-            default = "/var/lib/transmission/Downloads";
-          };
-          options.rpc-port = mkOption {
-            type = types.port;
-            default = 9091;
-          };
-          options.rpc-bind-address = mkOption {
-            type = types.str;
-            default = "127.0.0.1";
-          };
-          options.umask = mkOption {
-            type = types.either types.int types.str;
-            default = 18;
+          freeformType = types.attrsOf (
+            types.oneOf [
+              types.bool
+              types.int
+              types.float
+              types.singleLineStr
+            ]
+          );
+          options = {
+            dir = mkOption {
+              type = types.singleLineStr;
+              default = "/var/lib/aria2/Downloads";
+            };
+            enable-rpc = mkOption {
+              type = types.bool;
+              default = true;
+            };
+            rpc-listen-port = mkOption {
+              type = types.port;
+              default = 6800;
+            };
+            listen-port = mkOption {
+              type = types.listOf (types.attrsOf types.port);
+              default = [
+                {
+                  from = 6881;
+                  to = 6999;
+                }
+              ];
+            };
           };
         };
       };
