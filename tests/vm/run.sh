@@ -455,6 +455,63 @@ full() {
   g "node1: proxy Requests counter > 0" node1 \
     "busctl get-property org.distributedstore.Proxy1 /org/distributedstore/Proxy1 org.distributedstore.Proxy1 Requests | tee /dev/stderr | grep -qE '^t [1-9]'"
 
+  # node1 exports signed NAR files as a plain binary cache and serves it over HTTP; node2
+  # drops its peer (and discovery) for `[backends.mirrors]`, so that mirror is its only source:
+  # the mirrors mapper answers the narinfo (signed by node1's key), the mirrors backend fetches
+  # the NAR file. A second exported path, asked for after the mirror stopped, must not arrive.
+  say "== backend across VMs: HTTP mirror on node1, node2 substitutes through [backends.mirrors] alone"
+  local t_mir TOKEN3="ds3-$RANDOM$RANDOM" TOKEN4="ds4-$RANDOM$RANDOM" SP3 SP4 HASH3 paths
+  local MIRROR_URL=http://10.78.0.11:8081 CONF=/etc/distributed-store/config.toml
+  # Nix's own binary-cache writer, signing with node1's key (the signer's credential source).
+  local EXPORT="nix copy --to 'file:///srv/ds-mirror?compression=xz&secret-key=/etc/distributed-store/signing-key'"
+  # A new config takes effect on restart. Stopped as in the stop section below: the proxy
+  # socket first, so that no request D-Bus-activates the mapper or fetcher meanwhile.
+  local RESTART="systemctl stop distributed-store-proxy.socket $SVC
+    timeout 30 systemctl stop $MAP $FET
+    systemctl start distributed-store-proxy.socket $MAP && systemctl is-active distributed-store-proxy.socket $MAP"
+  t_mir=$(now)
+  paths=$(val node1 "nix-build -E 'map (t: import /mnt/host/test/hello.nix { token = t; }) [ \"$TOKEN3\" \"$TOKEN4\" ]' \
+                       -o /root/result-mirror >&2 && readlink /root/result-mirror /root/result-mirror-2") \
+    || fail "node1: nix-build two paths for the mirror checks" "$(tail -20 "$DSVM_RUN/stderr.log")"
+  SP3=$(sed -n 1p <<<"$paths"); SP4=$(sed -n 2p <<<"$paths"); HASH3=$(basename "$SP3" | cut -c1-32)
+  [ -n "$SP3" ] && [ -n "$SP4" ] && pass "node1: nix-build two paths for the mirror checks ($SP3, $SP4)"
+  g "node1: nix copy --to file:///srv/ds-mirror?compression=xz&secret-key=… (signed narinfo), served by python3 -m http.server 8081 (unit ds-mirror)" node1 \
+    "set -e; $EXPORT $SP3
+     grep -qx 'Compression: xz' /srv/ds-mirror/$HASH3.narinfo && grep -q '^Sig: $KEYNAME:' /srv/ds-mirror/$HASH3.narinfo
+     systemd-run --unit ds-mirror --quiet /usr/bin/python3 -u -m http.server 8081 --bind 10.78.0.11 --directory /srv/ds-mirror
+     for i in \$(seq 40); do curl -sf --max-time 5 $MIRROR_URL/nix-cache-info >/dev/null && break; sleep 0.5; done
+     curl -sS --fail-with-body --max-time 10 $MIRROR_URL/$HASH3.narinfo | grep -qx 'StorePath: $SP3'"
+  g "node2: config: no peers/upstreams, discovery = false, [backends.mirrors] urls = [\"$MIRROR_URL\"]; proxy, mapper, fetcher restarted" node2 \
+    "set -e; cp $CONF /root/config.toml.peers
+     { echo '# node2, mirror checks: node1 trusted, its HTTP mirror the only source'
+       grep -vE '^(#|peers *=|upstreams *=|discovery *=)' /root/config.toml.peers
+       printf '%s\n' 'discovery = false' '' '[backends.mirrors]' 'urls = [ \"$MIRROR_URL\" ]'; } >$CONF
+     cat $CONF; ! grep -qE '^(peers|upstreams)' $CONF
+     $RESTART"
+  g "node2: path absent before" node2 "! nix-store --check-validity $SP3 2>/dev/null"
+  g "node2: its own proxy (127.0.0.1:5496) answers the narinfo from the mirror, with node1's Sig" node2 \
+    "for i in \$(seq 30); do o=\$(curl -sf --max-time 10 http://127.0.0.1:5496/$HASH3.narinfo) && break; sleep 1; done; echo \"\$o\"
+     echo \"\$o\" | grep -qx 'StorePath: $SP3' && echo \"\$o\" | grep -q '^Sig: $KEYNAME:'"
+  g "node2: nix-store -r through its own proxy, the NAR from node1's mirror; contents match" node2 \
+    "nix-store -r $SP3 --option substituters http://127.0.0.1:5496 --option trusted-public-keys '$PUB' \
+       --option narinfo-cache-negative-ttl 0 && grep -qx '$TOKEN3' $SP3 && nix path-info --sigs $SP3 | grep -q '$KEYNAME:'"
+  g "node2: the fetcher counted the bytes under the mirror scheme (BytesFetched)" node2 \
+    "busctl get-property $FETCHER BytesFetched | tee /dev/stderr | grep -q '\"mirror\"'"
+  g "node1: ds-mirror's log shows node2 (10.78.0.12) GET the narinfo and the .nar.xz" node1 \
+    "o=\$(journalctl -u ds-mirror --no-pager); echo \"\$o\" | tail -5
+     echo \"\$o\" | grep -qE '10\\.78\\.0\\.12 .*\"GET /$HASH3\\.narinfo' && echo \"\$o\" | grep -qE '10\\.78\\.0\\.12 .*\"GET /nar/[^ ]+\\.nar\\.xz HTTP[^\"]*\" 200'"
+  g "node1: export the second path too, then systemctl stop ds-mirror (port 8081 closed)" node1 \
+    "set -e; $EXPORT $SP4; test -s /srv/ds-mirror/$(basename "$SP4" | cut -c1-32).narinfo
+     systemctl stop ds-mirror; ! systemctl is-active ds-mirror && ! ss -ltn | grep -q ':8081 '"
+  g "node2: mirror down: the second (exported) path is not substituted, nothing enters the store" node2 \
+    "out=\$(timeout 120 nix-store -r $SP4 --option substituters http://127.0.0.1:5496 --option trusted-public-keys '$PUB' \
+       --option narinfo-cache-negative-ttl 0 2>&1); rc=\$?; echo \"\$out\"
+     test \$rc -ne 0 && test \$rc -ne 124 && ! nix-store --check-validity $SP4 2>/dev/null && ! test -e $SP4"
+  g "node2: original config (node1 in peers) restored; proxy, mapper, fetcher restarted" node2 \
+    "set -e; cp /root/config.toml.peers $CONF; grep -q '^peers = ' $CONF; $RESTART
+     curl -sS --fail-with-body --max-time 60 http://127.0.0.1:5496/nix-cache-info >/dev/null"
+  say "  mirror section: $(since "$t_mir") s"
+
   say "== watchdog, stop, restart"
   for n in "${NODE_LIST[@]}"; do
     g "$n: proxy, signer, mapper, fetcher never restarted (watchdog kept happy, NRestarts=0)" "$n" \
