@@ -695,8 +695,8 @@ impl Publisher for TorrentPublisher {
         let (aria2, trackers) = (self.aria2.clone(), self.trackers.clone());
         let seed_dir = self.seed_dir.clone();
         async move {
-            // Keep our own copy to seed from (a hard link when on the same
-            // file system), named by the file (its FileHash names it).
+            // Keep our own copy to seed from, named by the file (its
+            // FileHash names it).
             let file = match (&seed_dir, file.file_name()) {
                 (Some(dir), Some(name)) => {
                     let kept = dir.join(name);
@@ -706,10 +706,11 @@ impl Publisher for TorrentPublisher {
                         if to.exists() {
                             return Ok(());
                         }
+                        // A copy, not a hard link: a new file in the
+                        // engine's (setgid) directory gets its group, so
+                        // the engine can read it; a link would keep ours.
                         let tmp = to.with_extension("partial");
-                        if std::fs::hard_link(&from, &tmp).is_err() {
-                            std::fs::copy(&from, &tmp)?;
-                        }
+                        std::fs::copy(&from, &tmp)?;
                         std::fs::rename(&tmp, &to)
                     })
                     .await
