@@ -222,13 +222,17 @@ async fn corrupt_seeder_stalls_and_fails() {
     let seed_dir = PathBuf::from(s.get("BT_SEEDER_DIR"));
     let (nar, file, facts) = nar_file(&seed_dir, "bt-corrupt", 3, 1_500_000).await;
     let loc = publish(&s, &file, &facts, &nar).await;
-    // Flip one byte in every 64 KiB, in place (the seeder keeps serving
-    // from the same file).
-    let mut bytes = std::fs::read(&file).expect("read");
+    // Flip one byte in every 64 KiB, in place, in the copy the publisher
+    // seeds from (`<downloadDirectory>/seed/<name>`; the seeder keeps
+    // serving from that same file).
+    let seeded = seed_dir
+        .join("seed")
+        .join(file.file_name().expect("file name"));
+    let mut bytes = std::fs::read(&seeded).expect("read the seeded copy");
     for i in (0..bytes.len()).step_by(64 * 1024) {
         bytes[i] ^= 0xff;
     }
-    std::fs::write(&file, &bytes).expect("corrupt");
+    std::fs::write(&seeded, &bytes).expect("corrupt");
 
     let stall = Duration::from_secs(6);
     let l2 = BitTorrentBackend::new(&spec(&s, "LEECHER2", false))
