@@ -74,12 +74,13 @@ impl Backend for CommandBackend {
         _nar: &NarInfo,
         offset: u64,
     ) -> BoxFuture<'static, Result<Opened, BackendError>> {
-        let (value, facts) = match locator.other_parts() {
-            Some(Ok((v, f))) if !v.is_empty() && !self.argv.is_empty() => (v.to_string(), f),
-            _ => {
-                let e = BackendError::Unsupported(format!("{locator} is not an exec locator"));
-                return futures::future::ready(Err(e)).boxed();
-            }
+        let (value, facts) = match nar_file::locator_file(
+            locator,
+            |v: &str| !v.is_empty() && !self.argv.is_empty(),
+            "an exec",
+        ) {
+            Ok(parts) => parts,
+            Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
         let source = ExecFile {
             argv: self.argv.clone(),

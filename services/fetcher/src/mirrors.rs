@@ -191,12 +191,9 @@ impl Backend for MirrorsBackend {
         _nar: &NarInfo,
         offset: u64,
     ) -> BoxFuture<'static, Result<Opened, BackendError>> {
-        let (path, facts) = match locator.other_parts() {
-            Some(Ok((p, f))) if valid_path(p) => (p.to_string(), f),
-            _ => {
-                let e = BackendError::Unsupported(format!("{locator} is not a mirror locator"));
-                return futures::future::ready(Err(e)).boxed();
-            }
+        let (path, facts) = match nar_file::locator_file(locator, valid_path, "a mirror") {
+            Ok(parts) => parts,
+            Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
         let order = self.pool.order();
         if order.is_empty() {

@@ -95,6 +95,22 @@ pub(crate) fn codec(c: &Compression) -> Option<Codec> {
     }
 }
 
+/// The value and file facts of a NAR-file locator (`scheme:value#facts`)
+/// whose value passes `valid`; otherwise the `Unsupported` error every
+/// NAR-file backend answers, "<locator> is not <what> locator".
+pub fn locator_file(
+    locator: &ds_core::Locator,
+    valid: impl Fn(&str) -> bool,
+    what: &str,
+) -> Result<(String, FileFacts), BackendError> {
+    match locator.other_parts() {
+        Some(Ok((value, facts))) if valid(value) => Ok((value.to_string(), facts)),
+        _ => Err(BackendError::Unsupported(format!(
+            "{locator} is not {what} locator"
+        ))),
+    }
+}
+
 /// Whether [`nar_from_file`] can decode a file compressed with `c`.
 pub fn supported(c: &Compression) -> bool {
     codec(c).is_some()

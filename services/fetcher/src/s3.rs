@@ -197,12 +197,9 @@ impl Backend for S3Backend {
         _nar: &NarInfo,
         offset: u64,
     ) -> BoxFuture<'static, Result<Opened, BackendError>> {
-        let (key, facts) = match locator.other_parts() {
-            Some(Ok((k, f))) if valid_key(k) => (k.to_string(), f),
-            _ => {
-                let e = BackendError::Unsupported(format!("{locator} is not an s3 locator"));
-                return futures::future::ready(Err(e)).boxed();
-            }
+        let (key, facts) = match nar_file::locator_file(locator, valid_key, "an s3") {
+            Ok(parts) => parts,
+            Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
         let source = S3File {
             bucket: self.bucket.clone(),
