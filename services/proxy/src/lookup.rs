@@ -121,9 +121,17 @@ async fn held(app: &App, hash: &StorePathHash) -> Option<NarInfo> {
     Some(narinfo)
 }
 
+/// `LookupLocal` calls in flight at once, at most: the route is open to
+/// anyone on the network, and each call is a D-Bus round trip (dbus-daemon
+/// refuses more than 128 pending replies per connection, which would also
+/// fail this proxy's own fleet lookups). Past this, callers wait their turn
+/// (each waits at most for the deadlines of those ahead).
+static LOCAL_LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
+
 /// The mapper's `LookupLocal`; `None` when unknown or the mapper is away.
 async fn local_index(app: &App, hash: &StorePathHash) -> Option<(String, Vec<String>)> {
     let conn = app.fleet.connection()?;
+    let _slot = LOCAL_LOOKUPS.acquire().await.ok()?;
     let call = async {
         let mapper = Mapper1Proxy::builder(conn)
             .cache_properties(CacheProperties::No)
