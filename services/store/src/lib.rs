@@ -18,7 +18,7 @@ mod nar;
 mod scan;
 mod uri;
 
-pub use lookup::{Lookup, LOOKUP_CAPACITY};
+pub use lookup::{Lookup, LOOKUP_CAPACITY, VERSION_REUSE};
 pub use nar::{BATCH_CHUNKS, NAR_CHUNK_SIZE, VERIFIED_CAPACITY};
 pub use scan::{ScanSummary, ScannedPath, NIX_SCHEMA};
 

@@ -328,7 +328,9 @@ async fn verified_cache_notices_a_rewritten_file() {
 /// Issue 8 item 4: the lookup cache follows the database. A miss is
 /// cached, then Nix registers the path while the store is open: the next
 /// lookup sees it; Nix deletes it: the next lookup misses again. Between
-/// changes, answers (and text rendered on them) come from the cache.
+/// changes, answers (and text rendered on them) come from the cache. A
+/// reading of the database's version is reused for `VERSION_REUSE` (1 ms),
+/// so each write is followed by a wait that long.
 #[test]
 fn lookup_cache_follows_nix_writes() {
     require_nix!();
@@ -347,6 +349,7 @@ fn lookup_cache_follows_nix_writes() {
     assert!(Arc::ptr_eq(&miss, &again));
 
     assert_eq!(env.add_file("cached", b"cache me\n"), path);
+    std::thread::sleep(ds_store::VERSION_REUSE);
     assert!(store.lookup_cached(&hash).is_none(), "stale miss served");
     let hit = store.lookup(&hash).unwrap();
     assert_eq!(hit.info.as_ref().unwrap().path.to_string(), path);
@@ -357,6 +360,7 @@ fn lookup_cache_follows_nix_writes() {
     assert!(cached.rendered(2).is_none());
 
     env.run("nix-store", &["--delete", &path]);
+    std::thread::sleep(ds_store::VERSION_REUSE);
     assert!(store.lookup_cached(&hash).is_none(), "stale hit served");
     let gone = store.lookup(&hash).unwrap();
     assert!(gone.info.is_none());
