@@ -91,7 +91,7 @@ impl CommandMapper {
     }
 
     /// Ask the program; `None` on a miss, a dead child or a bad answer.
-    /// The caller bounds the time (the [`crate::Stack`] deadline).
+    /// The caller bounds the time (the [`crate::Ordered`] deadline).
     pub async fn query(&self, hash: &StorePathHash) -> Option<Mapping> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();

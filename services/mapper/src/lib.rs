@@ -8,7 +8,7 @@
 //!   used by the proxy) and the change log behind deltas.
 //! - [`peers`]: peer states and polling.
 //! - [`discovery`]: LAN peers via mDNS/DNS-SD (config `discovery`).
-//! - [`mapper`]: the [`mapper::Mapper`] trait and [`mapper::Stack`].
+//! - [`mapper`]: the [`mapper::Mapper`] trait and [`mapper::Ordered`] (mappers asked at once, answered in priority order).
 //! - [`upstream`], [`fleet`]: the upstream and peer mappers and their
 //!   composition with the rendezvous chain.
 //! - [`folder`], [`remote`], [`command`]: the folder index (nss-mapper
@@ -34,5 +34,5 @@ pub mod stack;
 pub mod upstream;
 
 pub use announce::AnnounceJson;
-pub use mapper::{Mapper, Mapping, Ordered, Scope, Stack};
+pub use mapper::{Mapper, Mapping, Ordered, Scope};
 pub use service::MapperService;

@@ -45,80 +45,12 @@ pub trait Mapper: Send + Sync {
     /// Short name for logs (`upstream`, `peers`, `folder:/srv/map`, …).
     fn name(&self) -> &str;
     /// Resolve a hash part; `Ok(None)` when this source does not know it.
-    /// Must bound its own time (a [`Stack`] also enforces a deadline).
+    /// Must bound its own time (an [`Ordered`] stack also enforces a deadline).
     fn lookup<'a>(
         &'a self,
         hash: &'a StorePathHash,
         scope: Scope,
     ) -> BoxFuture<'a, Result<Option<Mapping>, MapError>>;
-}
-
-/// Several mappers asked at once; the first `Some` wins. Each layer has a
-/// deadline after which its answer is not waited for.
-#[derive(Default)]
-pub struct Stack {
-    layers: Vec<(Arc<dyn Mapper>, Duration)>,
-    name: String,
-}
-
-impl Stack {
-    /// An empty stack (answers nothing).
-    pub fn new() -> Self {
-        Stack {
-            layers: Vec::new(),
-            name: "stack".into(),
-        }
-    }
-
-    /// Add a mapper with its deadline.
-    pub fn push(mut self, mapper: Arc<dyn Mapper>, deadline: Duration) -> Self {
-        self.layers.push((mapper, deadline));
-        self.name = format!(
-            "stack({})",
-            self.layers
-                .iter()
-                .map(|(m, _)| m.name())
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        self
-    }
-}
-
-impl Mapper for Stack {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn lookup<'a>(
-        &'a self,
-        hash: &'a StorePathHash,
-        scope: Scope,
-    ) -> BoxFuture<'a, Result<Option<Mapping>, MapError>> {
-        Box::pin(async move {
-            let mut pending: FuturesUnordered<_> = self
-                .layers
-                .iter()
-                .map(|(m, deadline)| async move {
-                    match tokio::time::timeout(*deadline, m.lookup(hash, scope)).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            tracing::debug!(mapper = m.name(), %hash, "no answer within {deadline:?}");
-                            Ok(None)
-                        }
-                    }
-                })
-                .collect();
-            while let Some(r) = pending.next().await {
-                match r {
-                    Ok(Some(m)) => return Ok(Some(m)),
-                    Ok(None) => {}
-                    Err(e) => tracing::info!(%hash, "{e}"),
-                }
-            }
-            Ok(None)
-        })
-    }
 }
 
 /// Several mappers asked at once, answered in *priority* order: the answer

@@ -194,7 +194,7 @@ async fn lookup_composition() {
                     .unwrap()
                     .0,
             ),
-            Arc::new(ds_mapper::Stack::new()),
+            Arc::new(ds_mapper::Ordered::new()),
             Activity::new(),
         );
         assert!(
