@@ -1,0 +1,405 @@
+//! The open `/_ds/v1/lookup/<hash>` route under a flood (issue 8; the cap
+//! of 32 `LookupLocal` calls in flight, lookup.rs).
+//!
+//! The real proxy and the real mapper on a private dbus-daemon serve a Nix
+//! store. A few hundred keep-alive connections ask the route for made-up
+//! hashes for a bounded time (each one a store miss and then a D-Bus
+//! `LookupLocal` round trip to the mapper: the expensive case). Meanwhile a
+//! normal client keeps fetching a narinfo hit, a narinfo miss (which goes
+//! to the mapper over the same D-Bus connection as the flood) and the route
+//! for a hash the node holds. Checks: the normal client never sees a 5xx
+//! or a wrong status and its latency stays bounded; the flood is answered
+//! 404 (callers past the cap wait their turn, each call bounded by
+//! `LOCAL_DEADLINE`; nothing answers 503); the proxy never logs a failed
+//! fleet lookup (dbus-daemon's limit of 128 pending replies was not hit);
+//! afterwards both processes are alive and answering.
+//!
+//! Needs `target/release/distributed-store-mapper` (`cargo build --release
+//! -p ds-mapper`), `dbus-daemon`, root and Nix (skipped without Nix).
+
+mod common;
+use common::*;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Flooding connections (each one keep-alive request after another).
+const FLOOD_CONNECTIONS: usize = 300;
+/// The flood stops after this long ...
+const FLOOD_FOR: Duration = Duration::from_secs(8);
+/// ... or after this many requests, whichever comes first.
+const FLOOD_MAX_REQUESTS: u64 = 200_000;
+/// Generous bound on one request of the normal client while the flood runs.
+const NORMAL_MAX: Duration = Duration::from_secs(2);
+
+/// A `[[mappers]] type = "command"` program (JSON lines, docs/backends.md)
+/// that knows nothing and appends each hash it is asked about to argv[1].
+const COMMAND_MAPPER: &str = r#"#!/usr/bin/env python3
+import json, sys
+seen = open(sys.argv[1], "a", buffering=1)
+for line in sys.stdin:
+    q = json.loads(line)
+    seen.write(q.get("hash", "") + "\n")
+    sys.stdout.write(json.dumps({"id": q.get("id"), "found": False}) + "\n")
+    sys.stdout.flush()
+"#;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A made-up store path hash (nix-base32, 32 characters) from a xorshift state.
+fn made_up_hash(state: &mut u64) -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    (0..32)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            ALPHABET[(*state % 32) as usize] as char
+        })
+        .collect()
+}
+
+/// One GET on a keep-alive connection; the status, after reading the body
+/// (the route's answers are small and carry a Content-Length).
+async fn keepalive_get(s: &mut BufReader<TcpStream>, path: &str) -> std::io::Result<u16> {
+    s.get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: flood\r\n\r\n").as_bytes())
+        .await?;
+    let mut status = None;
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if s.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if status.is_none() {
+            status = line.split(' ').nth(1).and_then(|c| c.parse().ok());
+        } else if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await?;
+    status.ok_or_else(|| std::io::ErrorKind::InvalidData.into())
+}
+
+/// Counts of the flood's answers.
+#[derive(Default)]
+struct FloodCounts {
+    sent: AtomicU64,
+    s404: AtomicU64,
+    s503: AtomicU64,
+    other: AtomicU64,
+    io_errors: AtomicU64,
+}
+
+async fn flood_connection(
+    addr: std::net::SocketAddr,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    counts: Arc<FloodCounts>,
+) {
+    let mut state = seed | 1;
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    while !stop.load(Ordering::Relaxed) {
+        if counts.sent.fetch_add(1, Ordering::Relaxed) >= FLOOD_MAX_REQUESTS {
+            break;
+        }
+        let s = match conn.as_mut() {
+            Some(s) => s,
+            None => match TcpStream::connect(addr).await {
+                Ok(t) => conn.insert(BufReader::new(t)),
+                Err(_) => {
+                    counts.io_errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            },
+        };
+        let path = format!("/_ds/v1/lookup/{}", made_up_hash(&mut state));
+        match keepalive_get(s, &path).await {
+            Ok(404) => counts.s404.fetch_add(1, Ordering::Relaxed),
+            Ok(503) => counts.s503.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => counts.other.fetch_add(1, Ordering::Relaxed),
+            Err(_) => {
+                conn = None;
+                counts.io_errors.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lookup_flood_leaves_normal_clients_alone() {
+    require_nix!();
+    let mapper_bin = std::path::Path::new(env!("CARGO_BIN_EXE_distributed-store-proxy"))
+        .with_file_name("distributed-store-mapper");
+    assert!(
+        mapper_bin.exists(),
+        "{} missing: cargo build --release -p ds-mapper",
+        mapper_bin.display()
+    );
+    let env = NixEnv::new();
+    let leaf = env.build("leaf", 1);
+
+    // A private bus (the session policy lets anyone own any name).
+    let mut daemon = Command::new("dbus-daemon")
+        .args(["--session", "--nofork", "--print-address=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dbus-daemon");
+    let out = daemon.stdout.take().expect("dbus-daemon stdout");
+    let _daemon = Kill(daemon);
+    let mut bus = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut bus).unwrap();
+    let bus = bus.trim().to_string();
+
+    // A command mapper (docs/backends.md) that knows nothing and writes
+    // down every hash it is asked about: the evidence that each flood
+    // request went through `LookupLocal` to the mapper and its plugins
+    // (the expensive path), not a shortcut.
+    let seen = env.dir().join("command-mapper.seen");
+    let script = env.dir().join("command-mapper.py");
+    std::fs::write(&script, COMMAND_MAPPER).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // No upstreams, no peers, no discovery: nothing leaves this machine.
+    let config = env.dir().join("mapper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store = \"local?root={}\"\nstateDirectory = \"{}\"\ncacheDirectory = \"{}\"\n\
+             upstreams = []\ndiscovery = false\n\
+             [[mappers]]\ntype = \"command\"\ncommand = [\"{}\", \"{}\"]\n",
+            env.root().display(),
+            env.dir().join("state").display(),
+            env.dir().join("cache").display(),
+            script.display(),
+            seen.display(),
+        ),
+    )
+    .unwrap();
+    let mapper_log = env.dir().join("mapper.log");
+    let mapper = Command::new(&mapper_bin)
+        .arg("--config")
+        .arg(&config)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&mapper_log).unwrap())
+        .spawn()
+        .expect("starting the mapper");
+    let mut mapper = Kill(mapper);
+    let proxy = Proxy::start(&env.root(), "upstreams = []", Some(&bus));
+
+    // Wait for the mapper on the bus.
+    let conn = zbus::connection::Builder::address(bus.as_str())
+        .unwrap()
+        .build()
+        .await
+        .expect("connecting to the private bus");
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+    let mapper_name = zbus::names::BusName::try_from(ds_dbus::MAPPER_NAME).unwrap();
+    let mut on_bus = false;
+    for _ in 0..100 {
+        if dbus
+            .name_has_owner(mapper_name.clone())
+            .await
+            .unwrap_or(false)
+        {
+            on_bus = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        on_bus,
+        "mapper never appeared on the bus:\n{}",
+        std::fs::read_to_string(&mapper_log).unwrap_or_default()
+    );
+
+    let hit = format!("/{}.narinfo", hash_part(&leaf));
+    let known = format!("/_ds/v1/lookup/{}", hash_part(&leaf));
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    // Before the flood: the expected answers.
+    assert_eq!(get(proxy.addr, &hit, &[]).await.status, 200);
+    assert_eq!(get(proxy.addr, &known, &[]).await.status, 200);
+    let miss = format!("/{}.narinfo", made_up_hash(&mut seed));
+    assert_eq!(get(proxy.addr, &miss, &[]).await.status, 404);
+
+    // The flood.
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(FloodCounts::default());
+    let started = Instant::now();
+    let flooders: Vec<_> = (0..FLOOD_CONNECTIONS)
+        .map(|i| {
+            tokio::spawn(flood_connection(
+                proxy.addr,
+                seed.wrapping_mul(i as u64 + 2),
+                stop.clone(),
+                counts.clone(),
+            ))
+        })
+        .collect();
+
+    // The normal client, one request at a time, each on a new connection
+    // (as a Nix client opening a connection would see it).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut took: Vec<(&str, Duration)> = Vec::new();
+    let mut wrong = Vec::new();
+    while started.elapsed() < FLOOD_FOR - Duration::from_millis(500) {
+        let miss = format!("/{}.narinfo", made_up_hash(&mut seed));
+        for (kind, path, want) in [
+            ("narinfo hit", hit.as_str(), 200),
+            ("narinfo miss", miss.as_str(), 404),
+            ("lookup known", known.as_str(), 200),
+        ] {
+            let t = Instant::now();
+            let status =
+                match tokio::time::timeout(Duration::from_secs(10), get(proxy.addr, path, &[]))
+                    .await
+                {
+                    Ok(r) => r.status,
+                    Err(_) => 0,
+                };
+            took.push((kind, t.elapsed()));
+            if status != want {
+                wrong.push(format!("{kind} {path}: {status} (want {want})"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let normal_done = started.elapsed();
+    let sent_meanwhile = counts.sent.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
+    }
+    let flood_time = started.elapsed();
+
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let answered = load(&counts.s404) + load(&counts.s503) + load(&counts.other);
+    eprintln!(
+        "flood: {FLOOD_CONNECTIONS} connections, {answered} answers in {flood_time:.2?} \
+         ({:.0}/s): 404 x{}, 503 x{}, other x{}, I/O errors x{}",
+        answered as f64 / flood_time.as_secs_f64(),
+        load(&counts.s404),
+        load(&counts.s503),
+        load(&counts.other),
+        load(&counts.io_errors)
+    );
+    for kind in ["narinfo hit", "narinfo miss", "lookup known"] {
+        let mut d: Vec<Duration> = took
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, d)| *d)
+            .collect();
+        d.sort();
+        eprintln!(
+            "normal client during the flood, {kind}: n {}, p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+            d.len(),
+            percentile(&d, 0.5),
+            percentile(&d, 0.99),
+            d[d.len() - 1]
+        );
+    }
+    eprintln!("normal client ran for {normal_done:.2?}");
+
+    assert!(
+        sent_meanwhile < FLOOD_MAX_REQUESTS,
+        "the flood ended (request cap) before the normal client was done"
+    );
+    assert!(wrong.is_empty(), "normal client got: {wrong:#?}");
+    let worst = took.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    assert!(
+        worst < NORMAL_MAX,
+        "a normal request took {worst:?} during the flood (limit {NORMAL_MAX:?})"
+    );
+    assert!(
+        took.len() >= 30,
+        "the normal client made {} requests",
+        took.len()
+    );
+    assert!(
+        answered >= 2_000,
+        "the flood got only {answered} answers: not a flood"
+    );
+    // Unknown hashes are 404: callers past the cap wait for a slot (bounded
+    // by LOCAL_DEADLINE per call ahead); nothing is refused with 503.
+    assert_eq!(load(&counts.other), 0, "flood answers other than 404/503");
+    assert_eq!(load(&counts.s503), 0, "flood answered 503");
+    assert_eq!(load(&counts.io_errors), 0, "flood connections failed");
+    // Every flood request reached the mapper's plugins through LookupLocal.
+    let asked = std::fs::read_to_string(&seen).unwrap_or_default();
+    let asked = asked
+        .lines()
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    eprintln!("command mapper asked about {asked} distinct hashes");
+    assert!(
+        asked >= load(&counts.s404),
+        "only {asked} lookups reached the mapper's command plugin for {} flood answers",
+        load(&counts.s404)
+    );
+    let log = proxy.log_text();
+    for bad in [
+        "mapper lookup failed",
+        "mapper did not answer",
+        "lookup: mapper",
+    ] {
+        let n = log.matches(bad).count();
+        assert_eq!(n, 0, "proxy log: {n} x '{bad}'");
+    }
+
+    // Afterwards: both alive and answering, the mapper directly on D-Bus too.
+    assert!(
+        mapper.0.try_wait().ok().flatten().is_none(),
+        "the mapper exited"
+    );
+    assert_eq!(get(proxy.addr, &hit, &[]).await.status, 200);
+    assert_eq!(get(proxy.addr, &known, &[]).await.status, 200);
+    let miss = format!("/{}.narinfo", made_up_hash(&mut seed));
+    assert_eq!(get(proxy.addr, &miss, &[]).await.status, 404);
+    let m = ds_dbus::Mapper1Proxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        m.lookup_local(&made_up_hash(&mut seed)),
+    )
+    .await
+    .expect("the mapper answers LookupLocal after the flood");
+    assert!(
+        matches!(r, Err(ds_dbus::MapperError::NotFound(_))),
+        "LookupLocal of a made-up hash: {r:?}"
+    );
+    eprintln!(
+        "mapper LookupLocal after the flood: NotFound in {:?}",
+        t.elapsed()
+    );
+}
