@@ -8,6 +8,8 @@
 use zbus::proxy;
 
 pub mod peer;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// Signer: bus name, also the interface name.
 pub const SIGNER_NAME: &str = "org.distributedstore.Signer1";
