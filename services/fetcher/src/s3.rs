@@ -21,7 +21,7 @@ use ds_core::{FileFacts, Locator, NarInfo};
 use ds_runtime::plugins::S3Spec;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, RetryConfig};
 
@@ -31,55 +31,7 @@ use crate::nar_file::{self, FileBytes, FileSource};
 /// Files up to this size are uploaded with one PUT; larger ones in parts.
 const SINGLE_PUT: u64 = 16 << 20;
 
-/// Why the S3 client could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum S3SetupError {
-    /// The credentials file could not be read or lacks a key.
-    #[error("backends.s3.credentialsFile {path}: {reason}")]
-    Credentials {
-        /// the file
-        path: PathBuf,
-        /// why
-        reason: String,
-    },
-    /// object_store refused the settings.
-    #[error("backends.s3: {0}")]
-    Client(String),
-}
-
-/// Read `AWS_ACCESS_KEY_ID=…` / `AWS_SECRET_ACCESS_KEY=…` (and optionally
-/// `AWS_SESSION_TOKEN=…`) lines; `#` comments and blank lines ignored.
-fn read_credentials(
-    path: &std::path::Path,
-) -> Result<(String, String, Option<String>), S3SetupError> {
-    let bad = |reason: String| S3SetupError::Credentials {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let (mut id, mut secret, mut token) = (None, None, None);
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (k, v) = line
-            .split_once('=')
-            .ok_or_else(|| bad(format!("line without '=': {line:?}")))?;
-        let v = v.trim().trim_matches('"').to_string();
-        match k.trim() {
-            "AWS_ACCESS_KEY_ID" => id = Some(v),
-            "AWS_SECRET_ACCESS_KEY" => secret = Some(v),
-            "AWS_SESSION_TOKEN" => token = Some(v),
-            _ => {}
-        }
-    }
-    match (id, secret) {
-        (Some(i), Some(s)) => Ok((i, s, token)),
-        _ => Err(bad(
-            "needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into()
-        )),
-    }
-}
+pub use ds_runtime::s3::S3SetupError;
 
 /// The bucket of a spec, with its key prefix.
 #[derive(Clone)]
@@ -91,15 +43,7 @@ struct Bucket {
 
 impl Bucket {
     fn open(spec: &S3Spec, timeout: Duration) -> Result<Bucket, S3SetupError> {
-        // Without a credentials file: the environment's AWS_* variables.
-        let base = if spec.credentials_file.is_some() {
-            AmazonS3Builder::new()
-        } else {
-            AmazonS3Builder::from_env()
-        };
-        let mut b = base
-            .with_bucket_name(&spec.bucket)
-            .with_region(spec.region.as_deref().unwrap_or("us-east-1"))
+        let b = ds_runtime::s3::builder(spec)?
             .with_retry(RetryConfig {
                 // The fetcher has its own failover; do not sit in retries.
                 max_retries: 1,
@@ -111,19 +55,6 @@ impl Bucket {
                     .with_connect_timeout(timeout)
                     .with_allow_http(true),
             );
-        if let Some(endpoint) = &spec.endpoint {
-            // S3-compatible servers: path-style requests to the endpoint.
-            b = b
-                .with_endpoint(endpoint)
-                .with_virtual_hosted_style_request(false);
-        }
-        if let Some(path) = &spec.credentials_file {
-            let (id, secret, token) = read_credentials(path)?;
-            b = b.with_access_key_id(id).with_secret_access_key(secret);
-            if let Some(t) = token {
-                b = b.with_token(t);
-            }
-        }
         let store = b.build().map_err(|e| S3SetupError::Client(e.to_string()))?;
         Ok(Bucket {
             store: Arc::new(store),
@@ -359,21 +290,5 @@ mod tests {
         for k in ["", "/x", "a//b", "../x", "a/./b", "a b"] {
             assert!(!valid_key(k), "{k:?}");
         }
-    }
-
-    #[test]
-    fn credentials_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("creds");
-        std::fs::write(
-            &p,
-            "# test\nAWS_ACCESS_KEY_ID=abc\nAWS_SECRET_ACCESS_KEY=\"s e\"\n",
-        )
-        .unwrap();
-        let (i, s, t) = read_credentials(&p).unwrap();
-        assert_eq!((i.as_str(), s.as_str(), t), ("abc", "s e", None));
-        std::fs::write(&p, "AWS_ACCESS_KEY_ID=abc\n").unwrap();
-        let e = read_credentials(&p).unwrap_err().to_string();
-        assert!(e.contains("backends.s3.credentialsFile"), "{e}");
     }
 }

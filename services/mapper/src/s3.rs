@@ -9,7 +9,7 @@ use std::time::Duration;
 use ds_core::{FileFacts, Locator, NarInfo, PublicKey, StorePathHash};
 use ds_runtime::plugins::S3Spec;
 use futures::future::BoxFuture;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, RetryConfig};
 
@@ -25,37 +25,13 @@ pub struct S3Mapper {
     name: String,
 }
 
-/// Read `AWS_ACCESS_KEY_ID=…` / `AWS_SECRET_ACCESS_KEY=…` lines.
-fn credentials(path: &std::path::Path) -> Result<(String, String), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let get = |name: &str| {
-        text.lines()
-            .filter_map(|l| l.trim().split_once('='))
-            .find(|(k, _)| k.trim() == name)
-            .map(|(_, v)| v.trim().trim_matches('"').to_string())
-    };
-    match (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
-        (Some(i), Some(s)) => Ok((i, s)),
-        _ => Err(format!(
-            "{}: needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-            path.display()
-        )),
-    }
-}
-
 impl S3Mapper {
     /// A mapper over the bucket of `spec`, trusting narinfos signed by one
     /// of `keys`; one lookup takes at most `timeout`. Errors name the
     /// config key (`backends.s3…`).
     pub fn new(spec: &S3Spec, keys: Vec<PublicKey>, timeout: Duration) -> Result<Self, String> {
-        let base = if spec.credentials_file.is_some() {
-            AmazonS3Builder::new()
-        } else {
-            AmazonS3Builder::from_env()
-        };
-        let mut b = base
-            .with_bucket_name(&spec.bucket)
-            .with_region(spec.region.as_deref().unwrap_or("us-east-1"))
+        let b = ds_runtime::s3::builder(spec)
+            .map_err(|e| e.to_string())?
             .with_retry(RetryConfig {
                 max_retries: 0,
                 retry_timeout: timeout,
@@ -66,16 +42,6 @@ impl S3Mapper {
                     .with_timeout(timeout)
                     .with_allow_http(true),
             );
-        if let Some(endpoint) = &spec.endpoint {
-            b = b
-                .with_endpoint(endpoint)
-                .with_virtual_hosted_style_request(false);
-        }
-        if let Some(path) = &spec.credentials_file {
-            let (id, secret) =
-                credentials(path).map_err(|e| format!("backends.s3.credentialsFile {e}"))?;
-            b = b.with_access_key_id(id).with_secret_access_key(secret);
-        }
         let store = b.build().map_err(|e| format!("backends.s3: {e}"))?;
         Ok(S3Mapper {
             store: Arc::new(store),

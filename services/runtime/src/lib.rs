@@ -7,6 +7,8 @@ pub mod args;
 pub mod config;
 pub mod logging;
 pub mod plugins;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod service;
 pub mod systemd;
 
