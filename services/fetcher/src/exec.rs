@@ -59,9 +59,7 @@ impl Backend for CommandBackend {
     }
 
     fn handles(&self, locator: &Locator) -> bool {
-        !self.argv.is_empty()
-            && matches!(locator.other_parts(), Some(Ok((v, facts)))
-                if !v.is_empty() && nar_file::supported(&facts.compression))
+        !self.argv.is_empty() && nar_file::handles_file(locator, |v| !v.is_empty())
     }
 
     fn deadline(&self, _locator: &Locator) -> Duration {

@@ -105,8 +105,7 @@ impl Backend for IpfsBackend {
     }
 
     fn handles(&self, locator: &Locator) -> bool {
-        locator.scheme() == "ipfs"
-            && matches!(locator.other_parts(), Some(Ok((cid, f))) if valid_cid(cid) && nar_file::supported(&f.compression))
+        locator.scheme() == "ipfs" && nar_file::handles_file(locator, valid_cid)
     }
 
     fn deadline(&self, _locator: &Locator) -> Duration {

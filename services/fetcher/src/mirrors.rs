@@ -177,8 +177,7 @@ impl Backend for MirrorsBackend {
     }
 
     fn handles(&self, locator: &Locator) -> bool {
-        matches!(locator.other_parts(), Some(Ok((path, facts)))
-            if valid_path(path) && nar_file::supported(&facts.compression))
+        nar_file::handles_file(locator, valid_path)
     }
 
     fn deadline(&self, _locator: &Locator) -> Duration {

@@ -111,6 +111,13 @@ pub fn locator_file(
     }
 }
 
+/// A NAR-file backend's `handles`: a `scheme:value#facts` locator whose
+/// value passes `valid` and whose compression [`nar_from_file`] decodes.
+pub fn handles_file(locator: &ds_core::Locator, valid: impl Fn(&str) -> bool) -> bool {
+    matches!(locator.other_parts(), Some(Ok((value, facts)))
+        if valid(value) && supported(&facts.compression))
+}
+
 /// Whether [`nar_from_file`] can decode a file compressed with `c`.
 pub fn supported(c: &Compression) -> bool {
     codec(c).is_some()

@@ -114,8 +114,7 @@ impl Backend for S3Backend {
     }
 
     fn handles(&self, locator: &Locator) -> bool {
-        matches!(locator.other_parts(), Some(Ok((key, facts)))
-            if valid_key(key) && nar_file::supported(&facts.compression))
+        nar_file::handles_file(locator, valid_key)
     }
 
     fn deadline(&self, _locator: &Locator) -> Duration {
