@@ -16,7 +16,10 @@
 #     holds is printed);
 #   - the activation file is restored and the signer started again; once the proxy answers
 #     the narinfo (its signer back-off), the SAME client (same state dir, same disk cache, the
-#     same negative TTL) substitutes the path at once: valid, verified, this node's signature.
+#     same negative TTL) substitutes the path at once: valid, verified, this node's signature;
+#   - the control (why not a 200): another client given a 200 whose Sig: it cannot verify
+#     (http-recorder.py --break-sig) refuses it and keeps it in its disk cache as a positive entry;
+#     with an honest server on the same URL it still fails, from the cache, without asking.
 # NIXGEN=2.8|2.26 picks the client generation (lib.sh).
 . "$(dirname "$0")/lib.sh"
 need_root; need_bins
@@ -52,6 +55,8 @@ gone() { local i; for i in $(seq 100); do signer_owned || return 0; sleep 0.1; d
 check "the signer left the bus" gone
 check_fails "D-Bus activation cannot bring it back" "ServiceUnknown\|not provided by any .service" \
   dbus StartServiceByName su org.distributedstore.Signer1 0
+# secs_since T0: seconds (one decimal) since T0 (a `date +%s.%N`)
+secs_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 code() { curl -s -o /dev/null -w '%{http_code}' --noproxy '*' "$@"; }
 check "the proxy answers the fresh narinfo 503" [ "$(code "$URL/$HASH.narinfo")" = 503 ]
 check "... with Retry-After: 5" grep -qi '^retry-after: 5' <(curl -s -D - -o /dev/null --noproxy '*' "$URL/$HASH.narinfo")
@@ -96,9 +101,9 @@ show_cache() {
 
 L0=$(lines); T0=$(date +%s.%N)
 check_not "[nix-store -r] fails while the signer is down" client nix-store -r "$FRESH" "${NEG[@]}"
-T1=$(date +%s.%N); sed 's/^/       /' "$W/last.out" | grep -v '^ *$' | tail -4
+T1=$(secs_since "$T0"); sed 's/^/       /' "$W/last.out" | grep -v '^ *$' | tail -4
 read -r N1 ST1 GAPS1 <<<"$(narinfo_gets "$L0")"
-printf '     nix-store -r: exit non-zero after %.1f s; %s narinfo GETs (status %s), spacing %s s\n' "$(echo "$T1 - $T0" | bc)" "$N1" "$ST1" "$GAPS1"
+printf '     nix-store -r: exit non-zero after %s s; %s narinfo GETs (status %s), spacing %s s\n' "$T1" "$N1" "$ST1" "$GAPS1"
 check "[nix-store -r] it asked for the narinfo (>= 1 GET)" [ "$N1" -ge 1 ]
 check "[nix-store -r] every narinfo answer it got was 503" [ "$ST1" = 503 ]
 # Both generations: download-attempts (default 5) GETs with backoff ~0.3/0.7/1.3/2.5 s (Retry-After
@@ -111,9 +116,9 @@ show_cache
 
 L0=$(lines); T0=$(date +%s.%N)
 check_not "[nix copy --from] fails while the signer is down" client nix copy --from "$R" "$FRESH" "${NEG[@]}"
-T1=$(date +%s.%N); sed 's/^/       /' "$W/last.out" | grep -v '^ *$' | tail -4
+T1=$(secs_since "$T0"); sed 's/^/       /' "$W/last.out" | grep -v '^ *$' | tail -4
 read -r N2 ST2 GAPS2 <<<"$(narinfo_gets "$L0")"
-printf '     nix copy --from: exit non-zero after %.1f s; %s narinfo requests (status %s), spacing %s s\n' "$(echo "$T1 - $T0" | bc)" "$N2" "$ST2" "$GAPS2"
+printf '     nix copy --from: exit non-zero after %s s; %s narinfo requests (status %s), spacing %s s\n' "$T1" "$N2" "$ST2" "$GAPS2"
 check "[nix copy --from] it asked for the narinfo again (not answered from its disk cache)" [ "$N2" -ge 1 ]
 check "[nix copy --from] every narinfo answer it got was 503" [ "$ST2" = 503 ]
 check "[nix copy --from] 5 GETs (download-attempts), then it gave up" [ "$N2" = 5 ]
@@ -132,18 +137,38 @@ check "the signer is activated again" dbus StartServiceByName su org.distributed
 TB=$(date +%s.%N)
 served() { local i; for i in $(seq 450); do [ "$(code "$URL/$HASH.narinfo")" = 200 ] && return 0; sleep 0.1; done; return 1; }
 check "the proxy answers the narinfo 200 again (within its signer back-off, <= 45 s)" served
-printf '     proxy answered 200 again %.1f s after the signer came back (its back-off after a signer failure)\n' "$(echo "$(date +%s.%N) - $TB" | bc)"
+printf '     proxy answered 200 again %s s after the signer came back (its back-off after a signer failure)\n' "$(secs_since "$TB")"
 
 L0=$(lines); T0=$(date +%s.%N)
 check "[same client] nix-store -r now substitutes the path (no TTL waited)" client nix-store -r "$FRESH" "${NEG[@]}"
-T1=$(date +%s.%N)
+T1=$(secs_since "$T0")
 read -r N3 ST3 _ <<<"$(narinfo_gets "$L0")"
-printf '     same client: nix-store -r succeeded in %.1f s; %s narinfo GETs (status %s)\n' "$(echo "$T1 - $T0" | bc)" "$N3" "$ST3"
+printf '     same client: nix-store -r succeeded in %s s; %s narinfo GETs (status %s)\n' "$T1" "$N3" "$ST3"
 check "[same client] it fetched the narinfo afresh (status 200)" [ "$ST3" = 200 ]
 check "[same client] the path is valid" client nix-store --check-validity "$FRESH"
 check "[same client] nix-store --verify-path" client nix-store --verify-path "$FRESH"
 check "[same client] signed with this node's key" grep -q -- "${PUBKEY%%:*}:" <(client nix path-info --sigs "$FRESH")
 check "[same client] its disk cache now has the positive entry" [ "$(positive_entries)" = 1 ]
 show_cache
+# The control: what a 200 the client cannot verify would have cost. A second client goes through a
+# forwarder that breaks the Sig: (key name kept: what an unsigned/wrongly signed answer looks like
+# to it); then the forwarder is replaced by an honest one on the SAME URL (Nix keys its disk cache
+# by URL): that client still fails, from its cache, without asking, for narinfo-ttl-positive.
+CPORT=$(free_port)
+python3 "$E2E/http-recorder.py" "$URL" "$CPORT" "$W/control-bad.jsonl" --break-sig & CPID=$!; PIDS+=("$CPID")
+wait_port "$CPORT" || bad "control forwarder did not start"
+C="http://127.0.0.1:$CPORT"
+check_fails "[control] a narinfo 200 with a broken Sig: is refused" 'not signed by any of the keys' \
+  nixc control "$C" "$PUBKEY" nix-store -r "$FRESH" "${NEG[@]}"
+kill "$CPID"; wait "$CPID" 2>/dev/null
+python3 "$E2E/http-recorder.py" "$URL" "$CPORT" "$W/control-good.jsonl" & PIDS+=($!)
+wait_port "$CPORT" || bad "honest forwarder did not start on the control's port"
+control_cached() { sqlite3 "$(ls "$W"/control/xdg/cache/nix/binary-cache-v*.sqlite | head -1)" \
+  "select count(*) from NARs where hashPart = '$HASH' and present = 1;"; }
+check "[control] the refused 200 sits in that client's disk cache as a positive entry" [ "$(control_cached)" = 1 ]
+check_fails "[control] with the honest server on the same URL that client still fails (cached answer)" \
+  'not signed by any of the keys' nixc control "$C" "$PUBKEY" nix-store -r "$FRESH" "${NEG[@]}"
+asked_control() { cat "$W/control-good.jsonl" 2>/dev/null | grep -c "\"/$HASH.narinfo\""; }
+check "[control] ... without asking the server for the narinfo" [ "$(asked_control)" = 0 ]
 check "up stops cleanly" down "$UP_PID"
 finish
