@@ -161,6 +161,8 @@ C="http://127.0.0.1:$CPORT"
 check_fails "[control] a narinfo 200 with a broken Sig: is refused" 'not signed by any of the keys' \
   nixc control "$C" "$PUBKEY" nix-store -r "$FRESH" "${NEG[@]}"
 kill "$CPID"; wait "$CPID" 2>/dev/null
+# reaped: drop it from the clean-up list, whose PID may now be someone else's
+for i in "${!PIDS[@]}"; do [ "${PIDS[$i]}" = "$CPID" ] && unset 'PIDS[i]'; done
 python3 "$E2E/http-recorder.py" "$URL" "$CPORT" "$W/control-good.jsonl" & PIDS+=($!)
 wait_port "$CPORT" || bad "honest forwarder did not start on the control's port"
 control_cached() { sqlite3 "$(ls "$W"/control/xdg/cache/nix/binary-cache-v*.sqlite | head -1)" \
