@@ -37,8 +37,8 @@ use crate::route::Route;
 use crate::signing::SignerClient;
 
 /// `Retry-After` (seconds) of a narinfo answered 503 because this node's
-/// signature could not be had.
-const SIGNER_RETRY_AFTER: u32 = 5;
+/// signature could not be had: the signer back-off.
+const SIGNER_RETRY_AFTER: u32 = signing::BACKOFF.as_secs() as u32;
 
 /// Everything a request handler needs.
 pub struct App {

@@ -25,8 +25,11 @@ use zbus::proxy::CacheProperties;
 /// How long a signer call may take (the first one includes D-Bus activation).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failure, answer narinfo that need our signature 503 for this
-/// long before asking the signer again.
-const BACKOFF: Duration = Duration::from_secs(30);
+/// long before asking the signer again; also the `Retry-After` of those
+/// 503s, so a client that waits as told finds the signer asked again (a
+/// longer back-off kept built paths 503 for 20 s after the signer was back,
+/// `tests/e2e/signer-down.sh`). One failing call per 5 s at most.
+pub const BACKOFF: Duration = Duration::from_secs(5);
 /// Bound on cached answers (cleared when full).
 const CACHE_MAX: usize = 200_000;
 /// How long a `NotBuiltHere` answer is kept. Bounded so that a path deleted
