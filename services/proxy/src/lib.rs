@@ -299,9 +299,10 @@ impl App {
     /// ([`body::bounded`], [`body::compress`]).
     ///
     /// Range (uncompressed only) is served from a stream verified over the
-    /// whole NAR (`LocalStore::nar_stream_verified_from`: the prefix is
-    /// read and hashed but not sent, unless the store verified this very
-    /// tree before and it is unchanged), and the last piece of the range
+    /// whole NAR (`LocalStore::nar_stream_verified_range`: the prefix and
+    /// the rest are read and hashed but not sent, unless the store verified
+    /// this very tree before and it is unchanged: then only the range is
+    /// read), and the last piece of the range
     /// leaves only once the whole NAR matched its NarHash ([`body::window`]). So no sequence of requests (a full GET
     /// cut before its last chunk, then a `Range: bytes=N-` resumption) ever
     /// completes a bad NAR.
@@ -342,13 +343,15 @@ impl App {
                     .status(StatusCode::PARTIAL_CONTENT)
                     .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
                     .header(header::CONTENT_LENGTH, end - start + 1);
-                // Verified over the whole NAR by the store (or skipped to
-                // `start` when it verified this unchanged tree before).
-                let from = self.store.clone().nar_stream_verified_from(
+                // Verified over the whole NAR by the store, or, when it
+                // verified this unchanged tree before, read from `start` to
+                // `end` only (a 1-byte range costs one byte, not the NAR).
+                let from = self.store.clone().nar_stream_verified_range(
                     info.path.clone(),
                     info.nar_hash.clone(),
                     size,
                     start,
+                    end + 1,
                 );
                 body::window(body::bounded(Box::pin(from)), 0, end - start)
             }

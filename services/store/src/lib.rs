@@ -271,12 +271,13 @@ impl LocalStore {
         &self,
         path: StorePath,
         offset: u64,
-        verify: Option<(Hash, u64)>,
+        verify: Option<(Hash, u64, u64)>,
     ) -> Result<nar::NarGen, StoreError> {
-        let expect = verify.map(|(nar_hash, nar_size)| nar::Expect {
+        let expect = verify.map(|(nar_hash, nar_size, until)| nar::Expect {
             nar_hash,
             nar_size,
             cache: self.verified.clone(),
+            until,
         });
         nar::NarGen::new(&self.physical_path(&path), path, offset, expect)
     }
@@ -332,7 +333,7 @@ impl LocalStore {
         nar_hash: Hash,
         nar_size: u64,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        nar::stream(self, path, 0, Some((nar_hash, nar_size)))
+        nar::stream(self, path, 0, Some((nar_hash, nar_size, nar_size)))
     }
 
     /// Like [`LocalStore::nar_stream`], without the first `offset` bytes
@@ -359,7 +360,25 @@ impl LocalStore {
         nar_size: u64,
         offset: u64,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        nar::stream(self, path, offset, Some((nar_hash, nar_size)))
+        nar::stream(self, path, offset, Some((nar_hash, nar_size, nar_size)))
+    }
+
+    /// Bytes `offset..until` of the NAR, verified like
+    /// [`LocalStore::nar_stream_verified_from`]: on a verified-cache hit
+    /// the stream ends at `until` (each file read is checked after reading;
+    /// nothing past the range is read), otherwise it runs to the NAR's end
+    /// so that the whole NAR is hashed, outputting everything from `offset`
+    /// (the caller cuts the range). A small Range of a large NAR then costs
+    /// what it sends, not the whole NAR.
+    pub fn nar_stream_verified_range(
+        self: Arc<Self>,
+        path: StorePath,
+        nar_hash: Hash,
+        nar_size: u64,
+        offset: u64,
+        until: u64,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        nar::stream(self, path, offset, Some((nar_hash, nar_size, until)))
     }
 }
 

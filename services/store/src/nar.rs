@@ -348,6 +348,9 @@ pub(crate) struct Expect {
     pub(crate) nar_hash: Hash,
     pub(crate) nar_size: u64,
     pub(crate) cache: Arc<VerifiedCache>,
+    /// Bytes past this offset are not wanted (a Range's end + 1). Only a
+    /// verified-cache hit stops there: otherwise the whole NAR is hashed.
+    pub(crate) until: u64,
 }
 
 struct Verify {
@@ -362,6 +365,9 @@ pub(crate) struct NarGen {
     path: StorePath,
     /// NAR offset of the next byte produced.
     pos: u64,
+    /// The stream ends here: the NAR's size, or on a verified-cache hit the
+    /// end of the wanted range ([`Expect::until`]).
+    stop: u64,
     /// Bytes before this offset are produced (for hashing) but not output.
     discard_until: u64,
     piece: usize,
@@ -387,6 +393,7 @@ impl NarGen {
         let plan = Plan::walk(physical)?;
         let mut verify = None;
         let mut start = offset;
+        let mut stop = plan.nar_size;
         if let Some(expect) = expect {
             if plan.nar_size != expect.nar_size {
                 tracing::error!(
@@ -402,7 +409,11 @@ impl NarGen {
                 });
             }
             let known = expect.cache.hit(&path, &expect.nar_hash, &plan);
-            if !known {
+            if known {
+                // Bytes past the range are neither sent nor needed to vouch
+                // for it: every file read is checked after reading.
+                stop = expect.until.min(plan.nar_size);
+            } else {
                 start = 0;
             }
             verify = Some(Verify {
@@ -410,10 +421,11 @@ impl NarGen {
                 expect,
             });
         }
-        let start = start.min(plan.nar_size);
+        let start = start.min(stop);
         Ok(NarGen {
             piece: plan.piece_at(start),
             pos: start,
+            stop,
             discard_until: offset,
             plan,
             path,
@@ -425,7 +437,7 @@ impl NarGen {
     }
 
     pub(crate) fn is_done(&self) -> bool {
-        self.pos >= self.plan.nar_size
+        self.pos >= self.stop
     }
 
     /// Produce up to `max` chunks of [`NAR_CHUNK_SIZE`] (fewer at the end).
@@ -494,6 +506,15 @@ impl NarGen {
         };
         match v.hasher.take() {
             None => {
+                // Stopped inside a file (the end of a Range): check it too.
+                if let (Some(f), Some(PieceKind::File { idx })) = (
+                    self.open.take(),
+                    self.plan.pieces.get(self.piece).map(|p| p.kind),
+                ) {
+                    if EntryFacts::of(&f.metadata()?) != self.plan.files[idx].facts {
+                        self.unchanged = false;
+                    }
+                }
                 if !self.unchanged {
                     return Err(invalid_data(format!(
                         "{}: files changed while being served",
@@ -549,7 +570,7 @@ impl NarGen {
             let piece = self.plan.pieces[self.piece];
             let within = self.pos - piece.offset;
             let room = (NAR_CHUNK_SIZE - buf.len()) as u64;
-            let want = (piece.len - within).min(room) as usize;
+            let want = (piece.len - within).min(room).min(self.stop - self.pos) as usize;
             let n = match piece.kind {
                 // An empty file: nothing to read, not even an open.
                 _ if want == 0 => 0,
@@ -743,10 +764,10 @@ pub(crate) fn stream(
     store: Arc<LocalStore>,
     path: StorePath,
     offset: u64,
-    verify: Option<(Hash, u64)>,
+    verify: Option<(Hash, u64, u64)>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     enum State {
-        Start(Arc<LocalStore>, StorePath, u64, Option<(Hash, u64)>),
+        Start(Arc<LocalStore>, StorePath, u64, Option<(Hash, u64, u64)>),
         Running(Box<NarGen>, VecDeque<Bytes>),
         Done,
     }
@@ -827,6 +848,7 @@ mod tests {
             nar_hash: hash.clone(),
             nar_size: size,
             cache: cache.clone(),
+            until: size,
         };
         NarGen::new(root, StorePath::parse(SP).unwrap(), 0, Some(expect)).unwrap()
     }
@@ -897,6 +919,7 @@ mod tests {
             nar_hash: Hash::sha256(&nar),
             nar_size: nar.len() as u64,
             cache,
+            until: nar.len() as u64,
         };
         let g = NarGen::new(&root, StorePath::parse(SP).unwrap(), offset, Some(expect)).unwrap();
         let mut got = Vec::new();
@@ -979,6 +1002,68 @@ mod tests {
         } else {
             eprintln!("this file system keeps evicted pages: hand-over not exercised");
         }
+    }
+
+    /// A Range on a verified-cache hit reads only what it sends: the stream
+    /// ends at the range's end (inside a file too, whose metadata is then
+    /// checked), while on a miss it runs to the NAR's end to hash it all.
+    #[test]
+    fn range_on_a_hit_stops_at_its_end() {
+        let (_dir, root, nar, hash) = tree();
+        let size = nar.len() as u64;
+        let cache = Arc::new(VerifiedCache::default());
+        let ranged = |offset: u64, until: u64| {
+            let expect = Expect {
+                nar_hash: hash.clone(),
+                nar_size: size,
+                cache: cache.clone(),
+                until,
+            };
+            NarGen::new(&root, StorePath::parse(SP).unwrap(), offset, Some(expect)).unwrap()
+        };
+        // A miss: everything from the offset, the whole NAR hashed.
+        let mut g = ranged(200, 1200);
+        let mut got = Vec::new();
+        NarReader::new(ranged(200, 1200))
+            .read_to_end(&mut got)
+            .unwrap();
+        assert!(got == nar[200..], "a miss outputs to the end");
+        drain(&mut g).unwrap();
+        assert_eq!(g.pos, size);
+
+        cache.insert(
+            &StorePath::parse(SP).unwrap(),
+            &hash,
+            Plan::walk(&root).unwrap().fingerprint,
+        );
+        for (offset, until) in [(200, 1200), (0, 1), (1000, size), (size - 5, size)] {
+            let mut g = ranged(offset, until);
+            assert!(g.verify.as_ref().unwrap().hasher.is_none(), "a hit");
+            let mut got = Vec::new();
+            while !g.is_done() {
+                for c in g.batch(1).unwrap() {
+                    got.extend_from_slice(&c);
+                }
+            }
+            assert!(
+                got == nar[offset as usize..until as usize],
+                "{offset}..{until}"
+            );
+            assert_eq!(g.pos, until, "nothing read past the range");
+        }
+
+        // The file the range ends in changes while it is read: the range's
+        // last chunk is refused, though the file's end was never reached.
+        let until = 2 * NAR_CHUNK_SIZE as u64;
+        let mut g = ranged(100, until);
+        assert_eq!(g.batch(1).unwrap().len(), 1);
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(root.join("f"), vec![9u8; 3 * NAR_CHUNK_SIZE]).unwrap();
+        let err = drain(&mut g).unwrap_err();
+        assert!(
+            err.to_string().contains("changed while being served"),
+            "{err}"
+        );
     }
 
     #[test]
