@@ -88,6 +88,7 @@ impl App {
         // The head only: a body is never read (GET and HEAD have none).
         let (req, _) = req.into_parts();
         if let Some(r) = lookup::handle(&self, &req.method, req.uri.path()).await {
+            self.count(lookup::LABEL, r.status().as_u16(), started);
             return r;
         }
         let route = route::parse(req.uri.path());
@@ -97,18 +98,7 @@ impl App {
             .await
             .unwrap_or_else(ProxyError::into_response);
         let status = response.status().as_u16();
-        self.metrics.requests_answered.inc();
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: label,
-                status,
-            })
-            .inc();
-        self.metrics
-            .latency
-            .get_or_create(&RouteLabels { route: label })
-            .observe(started.elapsed().as_secs_f64());
+        self.count(label, status, started);
         if req.method == Method::HEAD {
             // The length GET would send, without the body.
             let (mut parts, body) = response.into_parts();
@@ -122,6 +112,19 @@ impl App {
             return Response::from_parts(parts, Body::empty());
         }
         response
+    }
+
+    /// Count one answered request: by route and status, and its latency.
+    fn count(&self, route: &'static str, status: u16, started: Instant) {
+        self.metrics.requests_answered.inc();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+        self.metrics
+            .latency
+            .get_or_create(&RouteLabels { route })
+            .observe(started.elapsed().as_secs_f64());
     }
 
     async fn dispatch(&self, req: &axum::http::request::Parts, route: Route) -> Answer {

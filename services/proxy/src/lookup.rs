@@ -20,6 +20,9 @@ use crate::App;
 
 /// The route prefix.
 pub const PREFIX: &str = "/_ds/v1/lookup/";
+
+/// The route's label in the proxy's metrics.
+pub const LABEL: &str = "lookup";
 /// Longest a `LookupLocal` call may take (folder reads, a local program).
 pub const LOCAL_DEADLINE: Duration = Duration::from_secs(2);
 

@@ -446,6 +446,24 @@ async fn flood(case: Case) {
     assert_eq!(get(proxy.addr, &known, &[]).await.status, 200);
     let miss = format!("/{}.narinfo", made_up_hash(&mut seed));
     assert_eq!(get(proxy.addr, &miss, &[]).await.status, 404);
+    // The route is counted in the proxy's metrics like every other one.
+    let metrics =
+        String::from_utf8_lossy(&get(proxy.addr, "/metrics", &[]).await.body).into_owned();
+    let counted: u64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("distributed_store_proxy_requests_total{")
+                && l.contains("route=\"lookup\"")
+                && l.contains("status=\"404\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        counted >= load(&counts.s404),
+        "/metrics counts {counted} lookup 404s for {} flood answers",
+        load(&counts.s404)
+    );
     let m = ds_dbus::Mapper1Proxy::builder(&conn)
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
