@@ -3,6 +3,12 @@
 use std::time::Duration;
 
 use clap::Parser;
+
+/// mimalloc instead of glibc's malloc, as in the proxy: the fetcher's NAR
+/// chunks too are allocated on one thread and freed on another, which glibc
+/// answers by trimming each thread's arena and faulting the pages in again.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use ds_fetcher::{DbusMapper, Fetcher, FetcherConfig, FetcherObject};
 use ds_runtime::service;
 
