@@ -20,7 +20,7 @@
 mod common;
 use common::*;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,14 +52,6 @@ for line in sys.stdin:
     sys.stdout.write(json.dumps({"id": q.get("id"), "found": False}) + "\n")
     sys.stdout.flush()
 "#;
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A made-up store path hash (nix-base32, 32 characters) from a xorshift state.
 fn made_up_hash(state: &mut u64) -> String {
@@ -199,28 +191,11 @@ async fn flood(case: Case) {
     require_nix!();
     let delay_ms = case.mapper_delay_ms;
     eprintln!("== command mapper taking {delay_ms} ms per lookup");
-    let mapper_bin = std::path::Path::new(env!("CARGO_BIN_EXE_distributed-store-proxy"))
-        .with_file_name("distributed-store-mapper");
-    assert!(
-        mapper_bin.exists(),
-        "{} missing: cargo build --release -p ds-mapper",
-        mapper_bin.display()
-    );
+    let mapper_bin = sibling_bin("distributed-store-mapper", "ds-mapper");
     let env = NixEnv::new();
     let leaf = env.build("leaf", 1);
 
-    // A private bus (the session policy lets anyone own any name).
-    let mut daemon = Command::new("dbus-daemon")
-        .args(["--session", "--nofork", "--print-address=1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dbus-daemon");
-    let out = daemon.stdout.take().expect("dbus-daemon stdout");
-    let _daemon = Kill(daemon);
-    let mut bus = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut bus).unwrap();
-    let bus = bus.trim().to_string();
+    let (_daemon, bus) = private_bus();
 
     // A command mapper (docs/backends.md) that knows nothing and writes
     // down every hash it is asked about: the evidence that each flood

@@ -10,26 +10,12 @@
 mod common;
 use common::*;
 
-use std::process::{Child, Command, Stdio};
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::{Command, Stdio};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signer_down_means_503_not_an_unsigned_narinfo() {
     require_nix!();
-    let signer_bin = std::path::Path::new(env!("CARGO_BIN_EXE_distributed-store-proxy"))
-        .with_file_name("distributed-store-signer");
-    assert!(
-        signer_bin.exists(),
-        "{} missing: cargo build --release -p ds-signer",
-        signer_bin.display()
-    );
+    let signer_bin = sibling_bin("distributed-store-signer", "ds-signer");
     let env = NixEnv::new();
     let leaf = env.build("leaf", 1);
     let big = env.build("big", 1);
@@ -45,18 +31,7 @@ async fn signer_down_means_503_not_an_unsigned_narinfo() {
         ],
     );
 
-    // A private bus (the session policy lets anyone own any name).
-    let mut daemon = Command::new("dbus-daemon")
-        .args(["--session", "--nofork", "--print-address=1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dbus-daemon");
-    let out = daemon.stdout.take().unwrap();
-    let _daemon = Kill(daemon);
-    let mut bus = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut bus).unwrap();
-    let bus = bus.trim().to_string();
+    let (_daemon, bus) = private_bus();
 
     let config = env.dir().join("signer.toml");
     std::fs::write(

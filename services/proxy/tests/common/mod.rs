@@ -13,6 +13,44 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A child process that is killed and reaped when dropped.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A private `dbus-daemon` (the session policy lets anyone own any name)
+/// and its address, for `DBUS_SYSTEM_BUS_ADDRESS`.
+pub fn private_bus() -> (Kill, String) {
+    let mut daemon = Command::new("dbus-daemon")
+        .args(["--session", "--nofork", "--print-address=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dbus-daemon");
+    let out = daemon.stdout.take().expect("dbus-daemon stdout");
+    let daemon = Kill(daemon);
+    let mut bus = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut bus).unwrap();
+    (daemon, bus.trim().to_string())
+}
+
+/// Another of the workspace's binaries, next to the proxy's in the same
+/// target directory (`cargo build --release -p <krate>` builds it).
+pub fn sibling_bin(name: &str, krate: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_distributed-store-proxy")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} missing: cargo build --release -p {krate}",
+        p.display()
+    );
+    p
+}
+
 /// Return from the test with a note when Nix is not installed or we are not root.
 #[macro_export]
 macro_rules! require_nix {
