@@ -8,13 +8,12 @@ mod common;
 mod servers;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{compress, contents, read_all, TestNar};
 use ds_core::{Compression, FileFacts, Hash, Locator, NarInfo};
 use ds_fetcher::bittorrent::{locator, make_torrent, BitTorrentBackend, TorrentPublisher};
-use ds_fetcher::{Backend, BackendError, Fetcher, Publisher};
+use ds_fetcher::{Backend, BackendError, Publisher};
 use ds_runtime::plugins::{BackendsSpec, BitTorrentSpec};
 use futures::StreamExt;
 use servers::Servers;
@@ -121,13 +120,7 @@ async fn seeder_and_two_leechers() {
         ..BackendsSpec::default()
     };
     let cache = tempfile::tempdir().expect("tempdir");
-    let fetcher = Fetcher::with_backends(
-        common::config(cache.path(), 1 << 30),
-        &backends,
-        Arc::new(common::RecordingMapper::default()),
-        ds_runtime::service::Activity::new(),
-    )
-    .expect("fetcher");
+    let fetcher = common::configured(cache.path(), 1 << 30, &backends).expect("fetcher");
 
     let t = Instant::now();
     let via_backend = collect(&l1, &loc, &nar);
@@ -295,14 +288,9 @@ async fn engine_down_is_a_transport_error() {
         }),
         ..BackendsSpec::default()
     };
-    let e = Fetcher::with_backends(
-        common::config(&dir.path().join("cache"), 1 << 20),
-        &backends,
-        Arc::new(common::RecordingMapper::default()),
-        ds_runtime::service::Activity::new(),
-    )
-    .err()
-    .map(|e| format!("{e:#}"));
+    let e = common::configured(&dir.path().join("cache"), 1 << 20, &backends)
+        .err()
+        .map(|e| format!("{e:#}"));
     assert!(
         e.as_deref()
             .unwrap_or("")

@@ -13,13 +13,12 @@ mod common;
 mod servers;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{compress, contents, read_all, TestNar};
 use ds_core::{Compression, FileFacts, Hash, Locator, NarInfo};
 use ds_fetcher::ipfs::{IpfsBackend, IpfsPublisher};
-use ds_fetcher::{Backend, BackendError, Fetcher, Publisher};
+use ds_fetcher::{Backend, BackendError, Publisher};
 use ds_runtime::plugins::{BackendsSpec, IpfsSpec};
 use futures::StreamExt;
 use servers::Servers;
@@ -85,13 +84,7 @@ async fn publish_on_a_fetch_through_b() {
         ..BackendsSpec::default()
     };
     let cache = tempfile::tempdir().expect("tempdir");
-    let fetcher = Fetcher::with_backends(
-        common::config(cache.path(), 1 << 30),
-        &backends,
-        Arc::new(common::RecordingMapper::default()),
-        ds_runtime::service::Activity::new(),
-    )
-    .expect("fetcher");
+    let fetcher = common::configured(cache.path(), 1 << 30, &backends).expect("fetcher");
     let t = Instant::now();
     let pipe = fetcher
         .fetch(&nar.narinfo, &[loc.to_string()], 0)
@@ -181,14 +174,9 @@ async fn unreachable_api_is_a_transport_error() {
         }),
         ..BackendsSpec::default()
     };
-    let e = Fetcher::with_backends(
-        common::config(&dir.path().join("cache"), 1 << 20),
-        &backends,
-        Arc::new(common::RecordingMapper::default()),
-        ds_runtime::service::Activity::new(),
-    )
-    .err()
-    .map(|e| format!("{e:#}"));
+    let e = common::configured(&dir.path().join("cache"), 1 << 20, &backends)
+        .err()
+        .map(|e| format!("{e:#}"));
     assert!(
         e.as_deref().unwrap_or("").contains("backends.ipfs"),
         "{e:?}"
@@ -209,13 +197,7 @@ async fn cid_nobody_holds_fails_at_the_deadline() {
         ..BackendsSpec::default()
     };
     let cache = tempfile::tempdir().expect("tempdir");
-    let fetcher = Fetcher::with_backends(
-        common::config(cache.path(), 1 << 30),
-        &backends,
-        Arc::new(common::RecordingMapper::default()),
-        ds_runtime::service::Activity::new(),
-    )
-    .expect("fetcher");
+    let fetcher = common::configured(cache.path(), 1 << 30, &backends).expect("fetcher");
     let nar = TestNar::new("ipfs-nowhere", &contents(3, 1000));
     // Not a CID at all (but only CID characters, so it is sent): the node
     // refuses it at once, kubo's error JSON in the message.

@@ -50,13 +50,7 @@ async fn configured_backends_fetch_and_unknown_schemes_are_skipped() {
     let unknown = Locator::other("nosuchnet", "x", &facts).to_string();
 
     // exec: through the configured command (the unknown locator first).
-    let f = Fetcher::with_backends(
-        config(&dir.path().join("c1"), BIG),
-        &backends,
-        Arc::new(RecordingMapper::default()),
-        ds_runtime::service::Activity::new(),
-    )
-    .unwrap();
+    let f = configured(&dir.path().join("c1"), BIG, &backends).unwrap();
     let exec = Locator::other("exec", &path.display().to_string(), &facts).to_string();
     let fd = f
         .fetch(&nar.narinfo, &[unknown.clone(), exec], 0)
@@ -65,13 +59,7 @@ async fn configured_backends_fetch_and_unknown_schemes_are_skipped() {
     assert!(read_all(fd).await == nar.bytes);
 
     // mirror: through the configured mirror.
-    let f = Fetcher::with_backends(
-        config(&dir.path().join("c2"), BIG),
-        &backends,
-        Arc::new(RecordingMapper::default()),
-        ds_runtime::service::Activity::new(),
-    )
-    .unwrap();
+    let f = configured(&dir.path().join("c2"), BIG, &backends).unwrap();
     let m = Locator::other("mirror", "nar/x.nar.zst", &facts).to_string();
     let fd = f
         .fetch(&nar.narinfo, &[unknown.clone(), m.clone()], 0)
@@ -106,12 +94,7 @@ async fn an_unreadable_s3_credentials_file_is_an_error_naming_the_key() {
         ..BackendsSpec::default()
     };
     let dir = tempfile::tempdir().unwrap();
-    let e = match Fetcher::with_backends(
-        config(dir.path(), BIG),
-        &backends,
-        Arc::new(RecordingMapper::default()),
-        ds_runtime::service::Activity::new(),
-    ) {
+    let e = match configured(dir.path(), BIG, &backends) {
         Ok(_) => panic!("accepted a missing credentials file"),
         Err(e) => format!("{e:#}"),
     };

@@ -341,6 +341,21 @@ pub fn config(dir: &std::path::Path, cache_size: u64) -> FetcherConfig {
     }
 }
 
+/// A fetcher set up from `[backends]` as the service does (a fresh
+/// [`RecordingMapper`]); the error is the service's start-up error.
+pub fn configured(
+    dir: &std::path::Path,
+    cache_size: u64,
+    backends: &ds_runtime::plugins::BackendsSpec,
+) -> anyhow::Result<Fetcher> {
+    Fetcher::with_backends(
+        config(dir, cache_size),
+        backends,
+        Arc::new(RecordingMapper::default()),
+        ds_runtime::service::Activity::new(),
+    )
+}
+
 pub fn fetcher(dir: &std::path::Path, cache_size: u64) -> (Fetcher, Arc<RecordingMapper>) {
     fetcher_with(config(dir, cache_size))
 }
