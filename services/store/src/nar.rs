@@ -506,14 +506,12 @@ impl NarGen {
         };
         match v.hasher.take() {
             None => {
-                // Stopped inside a file (the end of a Range): check it too.
-                if let (Some(f), Some(PieceKind::File { idx })) = (
-                    self.open.take(),
-                    self.plan.pieces.get(self.piece).map(|p| p.kind),
-                ) {
-                    if EntryFacts::of(&f.metadata()?) != self.plan.files[idx].facts {
-                        self.unchanged = false;
-                    }
+                // Stopped inside a file (the end of a Range): check it as
+                // if its last byte had been read.
+                if let Some(PieceKind::File { idx }) =
+                    self.plan.pieces.get(self.piece).map(|p| p.kind)
+                {
+                    self.close_file(idx)?;
                 }
                 if !self.unchanged {
                     return Err(invalid_data(format!(
