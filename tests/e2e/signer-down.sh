@@ -99,36 +99,32 @@ show_cache() {
   sqlite3 "$db" "select 'BinaryCaches: ' || url || ' wantMassQuery=' || wantMassQuery || ' priority=' || priority from BinaryCaches;" | sed 's/^/       /'
 }
 
-L0=$(lines); T0=$(date +%s.%N)
-check_not "[nix-store -r] fails while the signer is down" client nix-store -r "$FRESH" "${NEG[@]}"
-T1=$(secs_since "$T0"); sed 's/^/       /' "$W/last.out" | grep -v '^ *$' | tail -4
-read -r N1 ST1 GAPS1 <<<"$(narinfo_gets "$L0")"
-printf '     nix-store -r: exit non-zero after %s s; %s narinfo GETs (status %s), spacing %s s\n' "$T1" "$N1" "$ST1" "$GAPS1"
-check "[nix-store -r] it asked for the narinfo (>= 1 GET)" [ "$N1" -ge 1 ]
-check "[nix-store -r] every narinfo answer it got was 503" [ "$ST1" = 503 ]
-# Both generations: download-attempts (default 5) GETs with backoff ~0.3/0.7/1.3/2.5 s (Retry-After
-# is not read), then the path fails. Exactly 5: fewer would mean a 503 counted as "not here".
-check "[nix-store -r] 5 GETs (download-attempts), then it gave up" [ "$N1" = 5 ]
-check_not "[nix-store -r] nothing valid in the client's store" client nix-store --check-validity "$FRESH"
-check "[nix-store -r] no positive narinfo entry in the client's disk cache" [ "$(positive_entries)" = 0 ]
-check "[nix-store -r] no negative entry either (it would hide the path for 3600 s)" [ "$(any_entries)" = 0 ]
-show_cache
-
-L0=$(lines); T0=$(date +%s.%N)
-check_not "[nix copy --from] fails while the signer is down" client nix copy --from "$R" "$FRESH" "${NEG[@]}"
-T1=$(secs_since "$T0"); sed 's/^/       /' "$W/last.out" | grep -v '^ *$' | tail -4
-read -r N2 ST2 GAPS2 <<<"$(narinfo_gets "$L0")"
-printf '     nix copy --from: exit non-zero after %s s; %s narinfo requests (status %s), spacing %s s\n' "$T1" "$N2" "$ST2" "$GAPS2"
-check "[nix copy --from] it asked for the narinfo again (not answered from its disk cache)" [ "$N2" -ge 1 ]
-check "[nix copy --from] every narinfo answer it got was 503" [ "$ST2" = 503 ]
-check "[nix copy --from] 5 GETs (download-attempts), then it gave up" [ "$N2" = 5 ]
-check_not "[nix copy --from] nothing valid in the client's store" client nix-store --check-validity "$FRESH"
-check "[nix copy --from] no positive narinfo entry in the client's disk cache" [ "$(positive_entries)" = 0 ]
-check "[nix copy --from] no negative entry either" [ "$(any_entries)" = 0 ]
-show_cache
+# while_down LABEL CMD...: the client runs CMD while the signer is down. It must fail after
+# exactly download-attempts (default 5) narinfo GETs, all answered 503 (backoff ~0.3/0.7/1.3/2.5 s;
+# Retry-After is not read) — fewer would mean a 503 counted as "not here" — leaving nothing in
+# the store and no entry at all in its disk cache (a negative one would hide the path for 3600 s).
+while_down() {
+  local label=$1 n st gaps t; shift
+  local l0 t0; l0=$(lines); t0=$(date +%s.%N)
+  check_not "[$label] fails while the signer is down" client "$@" "${NEG[@]}"
+  t=$(secs_since "$t0"); sed 's/^/       /' "$W/last.out" | grep -v '^ *$' | tail -4
+  read -r n st gaps <<<"$(narinfo_gets "$l0")"
+  DOWN_GETS=$((DOWN_GETS + n))
+  printf '     %s: exit non-zero after %s s; %s narinfo GETs (status %s), spacing %s s\n' "$label" "$t" "$n" "$st" "$gaps"
+  check "[$label] it asked for the narinfo (>= 1 GET; not answered from its disk cache)" [ "$n" -ge 1 ]
+  check "[$label] every narinfo answer it got was 503" [ "$st" = 503 ]
+  check "[$label] 5 GETs (download-attempts), then it gave up" [ "$n" = 5 ]
+  check_not "[$label] nothing valid in the client's store" client nix-store --check-validity "$FRESH"
+  check "[$label] no positive narinfo entry in the client's disk cache" [ "$(positive_entries)" = 0 ]
+  check "[$label] no negative entry either (it would hide the path for 3600 s)" [ "$(any_entries)" = 0 ]
+  show_cache
+}
+DOWN_GETS=0
+while_down "nix-store -r" nix-store -r "$FRESH"
+while_down "nix copy --from" nix copy --from "$R" "$FRESH"
 M503=$(curl -sf --noproxy '*' "$URL/metrics" | awk '/^distributed_store_proxy_requests_total\{/ && /route="narinfo"/ && /status="503"/ {s += $2} END {print s + 0}')
 echo "     proxy /metrics: $M503 narinfo answers with status 503 in all"
-check "proxy /metrics counted the 503s (>= the client's GETs)" [ "$M503" -ge $((N1 + N2)) ]
+check "proxy /metrics counted the 503s (>= the client's GETs)" [ "$M503" -ge "$DOWN_GETS" ]
 
 # The signer back: activation file restored, the bus reloaded, the signer started again.
 mv "$W/signer.service.off" "$SVC_FILE"
