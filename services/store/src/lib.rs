@@ -360,7 +360,7 @@ impl LocalStore {
         nar_size: u64,
         offset: u64,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        nar::stream(self, path, offset, Some((nar_hash, nar_size, nar_size)))
+        self.nar_stream_verified_range(path, nar_hash, nar_size, offset, nar_size)
     }
 
     /// Bytes `offset..until` of the NAR, verified like
