@@ -2,7 +2,19 @@
 -- GETs the URL paths of LISTFILE (one per line, e.g. /abc...xyz.narinfo) in
 -- turn on every connection, each thread from another offset, and prints one
 -- machine-readable "WRK key=value ..." line at the end (latencies in µs).
+--
+-- WRK_PAUSE_MS=N (environment): every connection waits N ms after each
+-- answer before its next request (wrk's delay()), so the offered load is
+-- about CONNS x 1000 / (N + latency) requests/s whatever the server's speed:
+-- latency at the same load for every server, not at each one's saturation.
 local counter = 0
+local pause = tonumber(os.getenv("WRK_PAUSE_MS") or "")
+
+if pause then
+  function delay()
+    return pause
+  end
+end
 
 function setup(thread)
   counter = counter + 1
