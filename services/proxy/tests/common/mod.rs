@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod load;
+#[allow(unused_imports)] // not every test uses the load helpers
+pub use load::*;
+
 /// A child process that is killed and reaped when dropped.
 pub struct Kill(pub Child);
 
