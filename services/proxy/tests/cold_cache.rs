@@ -294,12 +294,14 @@ async fn cold_nar_reads_do_not_starve_narinfo() {
     }
     assert!(fresh.whole(&nars[0].1), "fresh NAR: {fresh:?}");
     // Narinfo on a lookup-cache hit is answered on the async worker and
-    // never waits for a NAR's disk read; 50 ms p50 and 500 ms p99 leave
-    // room for a 2-core machine shared with builds, and are still far
-    // below a proxy whose narinfos queue behind cold reads (seconds).
+    // never waits for a NAR's disk read. With 16 clients pulling ~1.5 GB/s
+    // through 2 cores (this test's own clients included) narinfo p50 was
+    // 10-25 ms, p99 60-90 ms, cold as warm; 100 ms and 1 s leave room for
+    // a machine shared with builds and are still far below narinfos
+    // queued behind cold reads (seconds).
     let (p50, p99) = (quantile(&cold.narinfo, 0.5), quantile(&cold.narinfo, 0.99));
-    assert!(p50 < Duration::from_millis(50), "cold narinfo p50 {p50:?}");
-    assert!(p99 < Duration::from_millis(500), "cold narinfo p99 {p99:?}");
+    assert!(p50 < Duration::from_millis(100), "cold narinfo p50 {p50:?}");
+    assert!(p99 < Duration::from_secs(1), "cold narinfo p99 {p99:?}");
     // Blocking steps are bounded by the permit pool, not one per client poll.
     let permits = ds_proxy::blocking::WORK_PERMITS as u64;
     assert!(
