@@ -7,7 +7,8 @@
 //! signer on a private dbus-daemon) must
 //! (a) still answer a fresh client's narinfo fast and send it a whole NAR,
 //! (b) hold about one chunk per reader in memory, not more,
-//! (c) use no thread per reader (body work is bounded by the permit pool),
+//! (c) use no thread per reader: with all readers still dripping, the
+//!     proxy is back to its baseline thread count,
 //! (d) keep feeding every drip reader to the end: a slow legitimate client
 //!     is not cut.
 //!
