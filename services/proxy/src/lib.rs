@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod lookup;
 pub mod metrics;
 pub mod route;
+pub mod sendfile;
 pub mod server;
 pub mod signing;
 pub mod status;
@@ -349,7 +350,7 @@ impl App {
                 // Verified over the whole NAR by the store, or, when it
                 // verified this unchanged tree before, read from `start` to
                 // `end` only (a 1-byte range costs one byte, not the NAR).
-                let from = self.store.clone().nar_stream_verified_range(
+                let from = self.store.clone().nar_stream_for_socket(
                     info.path.clone(),
                     info.nar_hash.clone(),
                     size,
@@ -363,12 +364,16 @@ impl App {
                 if uncompressed {
                     builder = builder.header(header::CONTENT_LENGTH, size);
                 }
-                let whole = self.store.clone().nar_stream_verified(
-                    info.path.clone(),
-                    info.nar_hash.clone(),
-                    size,
-                );
-                body::compress(body::bounded(Box::pin(whole)), compression)
+                let store = self.store.clone();
+                let (path, nar_hash) = (info.path.clone(), info.nar_hash.clone());
+                if uncompressed {
+                    // Straight to the socket: file regions are fine (sendfile).
+                    let whole = store.nar_stream_for_socket(path, nar_hash, size, 0, size);
+                    body::bounded(Box::pin(whole))
+                } else {
+                    let whole = store.nar_stream_verified(path, nar_hash, size);
+                    body::compress(body::bounded(Box::pin(whole)), compression)
+                }
             }
         };
         self.nar_body(builder, stream)

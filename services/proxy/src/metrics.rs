@@ -32,6 +32,8 @@ pub struct Metrics {
     pub latency: Family<RouteLabels, Histogram>,
     /// Body bytes sent for NARs (after compression).
     pub nar_bytes: Counter,
+    /// Of those, bytes sent with `sendfile` straight from store files.
+    pub nar_bytes_sendfile: Counter,
     /// All HTTP requests answered.
     pub requests_answered: Counter,
     /// narinfo answered from the local store.
@@ -54,6 +56,7 @@ impl Metrics {
             ])
         });
         let nar_bytes = Counter::default();
+        let nar_bytes_sendfile = Counter::default();
         registry.register(
             "requests",
             "HTTP requests answered, by route and status",
@@ -68,6 +71,11 @@ impl Metrics {
             "nar_bytes_sent",
             "NAR body bytes sent (after compression)",
             nar_bytes.clone(),
+        );
+        registry.register(
+            "nar_bytes_sendfile",
+            "Of the NAR body bytes sent, those sent with sendfile straight from store files",
+            nar_bytes_sendfile.clone(),
         );
         let [requests_answered, narinfo_hits, narinfo_remote, narinfo_misses] =
             std::array::from_fn(|_| Counter::default());
@@ -96,6 +104,7 @@ impl Metrics {
             requests,
             latency,
             nar_bytes,
+            nar_bytes_sendfile,
             requests_answered,
             narinfo_hits,
             narinfo_remote,

@@ -162,6 +162,8 @@ pub async fn run(
                     _ = stop.changed() => return,
                 };
                 let _ = stream.set_nodelay(true);
+                let stream =
+                    crate::sendfile::SendFile::new(stream, app.metrics.nar_bytes_sendfile.clone());
                 let app = app.clone();
                 let busy = activity.busy();
                 let touch = activity.clone();
@@ -175,6 +177,9 @@ pub async fn run(
                     .header_read_timeout(HEAD_TIMEOUT)
                     .max_buf_size(MAX_HEAD_BYTES)
                     .keep_alive(true)
+                    // Body buffers reach the socket as yielded, so NAR file
+                    // regions go out with sendfile (crate::sendfile).
+                    .writev(true)
                     .serve_connection(
                         TokioIo::new(StallGuard::new(stream, WRITE_STALL_TIMEOUT)),
                         service,

@@ -15,6 +15,7 @@ use futures::Stream;
 mod db;
 mod lookup;
 mod nar;
+pub mod region;
 mod scan;
 mod uri;
 
@@ -271,13 +272,14 @@ impl LocalStore {
         &self,
         path: StorePath,
         offset: u64,
-        verify: Option<(Hash, u64, u64)>,
+        verify: Option<(Hash, u64, u64, bool)>,
     ) -> Result<nar::NarGen, StoreError> {
-        let expect = verify.map(|(nar_hash, nar_size, until)| nar::Expect {
+        let expect = verify.map(|(nar_hash, nar_size, until, regions)| nar::Expect {
             nar_hash,
             nar_size,
             cache: self.verified.clone(),
             until,
+            regions,
         });
         nar::NarGen::new(&self.physical_path(&path), path, offset, expect)
     }
@@ -333,7 +335,7 @@ impl LocalStore {
         nar_hash: Hash,
         nar_size: u64,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        nar::stream(self, path, 0, Some((nar_hash, nar_size, nar_size)))
+        nar::stream(self, path, 0, Some((nar_hash, nar_size, nar_size, false)))
     }
 
     /// Like [`LocalStore::nar_stream`], without the first `offset` bytes
@@ -378,7 +380,23 @@ impl LocalStore {
         offset: u64,
         until: u64,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        nar::stream(self, path, offset, Some((nar_hash, nar_size, until)))
+        nar::stream(self, path, offset, Some((nar_hash, nar_size, until, false)))
+    }
+
+    /// [`LocalStore::nar_stream_verified_range`] for a consumer that writes
+    /// the chunks to a socket with [`region::send`]: on a verified-cache hit
+    /// long file contents come as file regions, which `region::send` sends
+    /// with `sendfile` and checks after sending ([`region`]). Any other
+    /// consumer must use `nar_stream_verified_range`.
+    pub fn nar_stream_for_socket(
+        self: Arc<Self>,
+        path: StorePath,
+        nar_hash: Hash,
+        nar_size: u64,
+        offset: u64,
+        until: u64,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        nar::stream(self, path, offset, Some((nar_hash, nar_size, until, true)))
     }
 }
 

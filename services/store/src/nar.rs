@@ -66,7 +66,7 @@ fn invalid_data(msg: String) -> io::Error {
 /// What `lstat` says about one entry: if none of this changed, neither did
 /// the entry (see `docs/store-access.md` for what that rests on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct EntryFacts {
+pub(crate) struct EntryFacts {
     dev: u64,
     ino: u64,
     mode: u32,
@@ -76,7 +76,7 @@ struct EntryFacts {
 }
 
 impl EntryFacts {
-    fn of(meta: &std::fs::Metadata) -> Self {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
         EntryFacts {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -351,6 +351,10 @@ pub(crate) struct Expect {
     /// Bytes past this offset are not wanted (a Range's end + 1). Only a
     /// verified-cache hit stops there: otherwise the whole NAR is hashed.
     pub(crate) until: u64,
+    /// On a verified-cache hit, long file contents may be yielded as file
+    /// regions ([`crate::region`]) instead of read: only for a consumer
+    /// that writes them with [`crate::region::send`].
+    pub(crate) regions: bool,
 }
 
 struct Verify {
@@ -548,6 +552,11 @@ impl NarGen {
     /// with `WouldBlock` rather than wait for the disk; what was read so far
     /// stays in `pending` for the next call.
     fn chunk(&mut self, nowait: bool) -> io::Result<Bytes> {
+        if self.pending.is_empty() {
+            if let Some(region) = self.region(nowait)? {
+                return Ok(region);
+            }
+        }
         let mut buf = std::mem::take(&mut self.pending);
         if buf.capacity() == 0 {
             // Exactly one chunk of capacity (Vec::with_capacity is exact),
@@ -565,6 +574,9 @@ impl NarGen {
 
     fn fill(&mut self, buf: &mut Vec<u8>, nowait: bool) -> io::Result<()> {
         while buf.len() < NAR_CHUNK_SIZE && !self.is_done() {
+            if !buf.is_empty() && self.region_here().is_some() {
+                break; // the file goes out whole as the next chunk, a region
+            }
             let piece = self.plan.pieces[self.piece];
             let within = self.pos - piece.offset;
             let room = (NAR_CHUNK_SIZE - buf.len()) as u64;
@@ -598,20 +610,10 @@ impl NarGen {
         buf: &mut Vec<u8>,
         nowait: bool,
     ) -> io::Result<usize> {
+        self.open_file(idx, nowait)?;
         let entry = &self.plan.files[idx];
-        let file = match &mut self.open {
-            Some(f) => f,
-            None if nowait => self.open.insert(open_cached(&entry.path)?),
-            None => {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&entry.path)
-                    .map_err(|e| {
-                        io::Error::new(e.kind(), format!("{}: {e}", entry.path.display()))
-                    })?;
-                self.open.insert(f)
-            }
+        let Some(file) = self.open.as_ref() else {
+            return Err(io::ErrorKind::NotFound.into());
         };
         let n = if nowait {
             read_cached(file, buf, within, want)?
@@ -626,6 +628,71 @@ impl NarGen {
             )));
         }
         Ok(n)
+    }
+
+    /// The rest of the current file as a region ([`crate::region`]), when
+    /// regions are wanted, the verified cache vouched for the tree (nothing
+    /// to hash), nothing is discarded, and at least
+    /// [`crate::region::REGION_MIN`] bytes of the file are left before the
+    /// stream's last byte, which is always read (and its file checked) here.
+    /// The socket writer checks the file after sending the region.
+    fn region(&mut self, nowait: bool) -> io::Result<Option<Bytes>> {
+        let Some((idx, end)) = self.region_here() else {
+            return Ok(None);
+        };
+        let piece = self.plan.pieces[self.piece];
+        let within = self.pos - piece.offset;
+        let len = end - self.pos;
+        self.open_file(idx, nowait)?;
+        let Some(file) = self.open.take() else {
+            return Ok(None);
+        };
+        let entry = &self.plan.files[idx];
+        let bytes =
+            crate::region::make(file, entry.path.clone(), within, len as usize, entry.facts)?;
+        self.pos = end;
+        if self.pos == piece.offset + piece.len {
+            self.piece += 1;
+        }
+        // The stream's last byte is never in a region: not done yet.
+        Ok(Some(bytes))
+    }
+
+    /// If a region starts at `pos`: the file's index and the region's end.
+    fn region_here(&self) -> Option<(usize, u64)> {
+        let wanted = self
+            .verify
+            .as_ref()
+            .is_some_and(|v| v.expect.regions && v.hasher.is_none());
+        if !wanted || self.pos < self.discard_until || self.is_done() {
+            return None;
+        }
+        let piece = self.plan.pieces.get(self.piece)?;
+        let PieceKind::File { idx } = piece.kind else {
+            return None;
+        };
+        let end = (piece.offset + piece.len).min(self.stop - 1);
+        (end > self.pos && end - self.pos >= crate::region::REGION_MIN).then_some((idx, end))
+    }
+
+    /// Open `files[idx]` into `self.open` unless it is open; `nowait`: only
+    /// from the dentry cache.
+    fn open_file(&mut self, idx: usize, nowait: bool) -> io::Result<()> {
+        if self.open.is_some() {
+            return Ok(());
+        }
+        let entry = &self.plan.files[idx];
+        let f = if nowait {
+            open_cached(&entry.path)?
+        } else {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&entry.path)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", entry.path.display())))?
+        };
+        self.open = Some(f);
+        Ok(())
     }
 
     /// After a file's last byte: did it keep the walk's metadata?
@@ -762,10 +829,15 @@ pub(crate) fn stream(
     store: Arc<LocalStore>,
     path: StorePath,
     offset: u64,
-    verify: Option<(Hash, u64, u64)>,
+    verify: Option<(Hash, u64, u64, bool)>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     enum State {
-        Start(Arc<LocalStore>, StorePath, u64, Option<(Hash, u64, u64)>),
+        Start(
+            Arc<LocalStore>,
+            StorePath,
+            u64,
+            Option<(Hash, u64, u64, bool)>,
+        ),
         Running(Box<NarGen>, VecDeque<Bytes>),
         Done,
     }
@@ -847,6 +919,7 @@ mod tests {
             nar_size: size,
             cache: cache.clone(),
             until: size,
+            regions: false,
         };
         NarGen::new(root, StorePath::parse(SP).unwrap(), 0, Some(expect)).unwrap()
     }
@@ -877,6 +950,130 @@ mod tests {
             err.to_string().contains("changed while being served"),
             "{err}"
         );
+    }
+
+    /// Send `chunks` through a socket pair as the proxy does (regions with
+    /// `region::send`, the rest written), returning what the peer got and
+    /// the first error.
+    fn send_all(chunks: Vec<Bytes>) -> (Vec<u8>, Option<io::Error>) {
+        use std::io::Write;
+        let (mut tx, mut rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).unwrap();
+            got
+        });
+        let mut err = None;
+        'all: for chunk in chunks {
+            let mut at = 0;
+            while at < chunk.len() {
+                match crate::region::send(&tx, &chunk[at..]) {
+                    Some(Ok(n)) => at += n,
+                    Some(Err(e)) => {
+                        err = Some(e);
+                        break 'all;
+                    }
+                    None => {
+                        tx.write_all(&chunk[at..]).unwrap();
+                        at = chunk.len();
+                    }
+                }
+            }
+        }
+        drop(tx);
+        (reader.join().unwrap(), err)
+    }
+
+    /// On a hit with regions wanted, a long file goes out as a region (sent
+    /// with `sendfile`, the same bytes), never the stream's last byte; a
+    /// file changed after the region was made fails the send, so nothing
+    /// after it leaves; Range ends and short files are read as before.
+    #[test]
+    fn regions_on_a_hit_send_the_same_bytes_and_check_after_sending() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("t");
+        std::fs::create_dir(&root).unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(root.join("big"), &big).unwrap();
+        std::fs::write(root.join("small"), b"short").unwrap();
+        let path = StorePath::parse(SP).unwrap();
+        let mut nar = Vec::new();
+        NarReader::new(NarGen::new(&root, path.clone(), 0, None).unwrap())
+            .read_to_end(&mut nar)
+            .unwrap();
+        let hash = Hash::sha256(&nar);
+        let size = nar.len() as u64;
+        let cache = Arc::new(VerifiedCache::default());
+        let with_regions = |offset: u64, until: u64| {
+            let expect = Expect {
+                nar_hash: hash.clone(),
+                nar_size: size,
+                cache: cache.clone(),
+                until,
+                regions: true,
+            };
+            NarGen::new(&root, path.clone(), offset, Some(expect)).unwrap()
+        };
+        let chunks = |g: &mut NarGen| {
+            let mut out = Vec::new();
+            while !g.is_done() {
+                out.extend(g.batch(1).unwrap());
+            }
+            out
+        };
+
+        // A miss hashes: no region.
+        let mut g = with_regions(0, size);
+        let miss = chunks(&mut g);
+        assert!(miss.iter().all(|c| !crate::region::is_region(c)));
+        cache.insert(&path, &hash, Plan::walk(&root).unwrap().fingerprint);
+
+        // A hit: the big file is one region, the rest is read.
+        let mut g = with_regions(0, size);
+        let hit = chunks(&mut g);
+        let regions: Vec<_> = hit.iter().filter(|c| crate::region::is_region(c)).collect();
+        assert_eq!(regions.len(), 1, "one region for the big file");
+        assert_eq!(regions[0].len(), big.len());
+        assert!(
+            !crate::region::is_region(hit.last().unwrap()),
+            "the end is read"
+        );
+        let (got, err) = send_all(hit);
+        assert!(err.is_none(), "{err:?}");
+        assert!(got == nar, "the same NAR");
+
+        // A Range from inside the big file: a region from there; a Range
+        // ending inside it: its last byte is read, not sent from a region.
+        for (offset, until) in [(1000, size), (200, 2_000_000)] {
+            let mut g = with_regions(offset, until);
+            let part = chunks(&mut g);
+            assert!(part.iter().any(|c| crate::region::is_region(c)));
+            assert!(!crate::region::is_region(part.last().unwrap()));
+            let (got, err) = send_all(part);
+            assert!(err.is_none(), "{err:?}");
+            assert!(
+                got == nar[offset as usize..until as usize],
+                "{offset}..{until}"
+            );
+        }
+
+        // Changed after the region was made, before it is sent: the send
+        // fails, and nothing after the region leaves.
+        let mut g = with_regions(0, size);
+        let hit = chunks(&mut g);
+        std::thread::sleep(Duration::from_millis(20));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("big"))
+            .unwrap();
+        f.set_modified(SystemTime::now()).unwrap();
+        let (got, err) = send_all(hit);
+        let err = err.expect("the send fails");
+        assert!(
+            err.to_string().contains("changed while being served"),
+            "{err}"
+        );
+        assert!(got.len() < nar.len(), "the NAR never completes");
     }
 
     /// On a miss, a rewrite with the same bytes still hashes right (served)
@@ -918,6 +1115,7 @@ mod tests {
             nar_size: nar.len() as u64,
             cache,
             until: nar.len() as u64,
+            regions: false,
         };
         let g = NarGen::new(&root, StorePath::parse(SP).unwrap(), offset, Some(expect)).unwrap();
         let mut got = Vec::new();
@@ -1016,6 +1214,7 @@ mod tests {
                 nar_size: size,
                 cache: cache.clone(),
                 until,
+                regions: false,
             };
             NarGen::new(&root, StorePath::parse(SP).unwrap(), offset, Some(expect)).unwrap()
         };
