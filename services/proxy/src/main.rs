@@ -32,6 +32,12 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ds-proxy")
+        // The permit pool bounds blocking steps, not threads: Tokio starts a
+        // thread whenever none is idle at the instant of a spawn, and a
+        // burst of 500 new NAR streams took it to 145 threads (~1.3 MiB
+        // each) for 64 permits. Past this cap, work queues instead; the
+        // second half is for narinfo lookups and other blocking calls.
+        .max_blocking_threads(2 * ds_proxy::blocking::WORK_PERMITS)
         .build()?
         .block_on(ds_proxy::server::run(config, listeners))
 }
