@@ -109,6 +109,10 @@ for c in ("16", "64"):
     row(f"narinfo latency p99 (ms), {c} conn paced", f"ni{c}p.p99", 3, P99)
 row("NAR MB/s, 1 conn", "nar1.mbps", 0, (">=", 0.9), wire="nar1.wire_mbps")
 row("NAR MB/s, 16 conn", "nar16.mbps", 0, (">=", 0.95), wire="nar16.wire_mbps")
+if num("nginx.mixed.p99") is not None:
+    row("narinfo requests/s under NAR load (4 conn paced 1 ms, 16 conn downloading NARs)", "mixed.rps", 0)
+    row("narinfo latency p50 (ms) under NAR load", "mixed.p50", 3)
+    row("narinfo latency p99 (ms) under NAR load", "mixed.p99", 3)
 # nix copy, once per client generation: "copy" = Nix 2.8 (host), "mcopy" = Nix 2.26 (trixie chroot)
 for key, gen in (("copy", "2.8"), ("mcopy", "2.26")):
     if key == "mcopy" and "mcopy.missing" in R:
