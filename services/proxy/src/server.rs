@@ -28,11 +28,12 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection slot) is freed: a client that stops reading cannot keep a
 /// slot of `maxConnections` forever. Nix itself gives up on a transfer
 /// after 300 s without data; 30 s of a full socket buffer is no slow link,
-/// it is a client that stopped. (Linux wakes a blocked writer when a third
-/// of the send buffer is free: a client taking less than that per 30 s,
-/// about 44 KB/s with a send buffer autotuned to its 4 MiB maximum, counts
-/// as stalled; on a slow link the buffer, sized from the congestion
-/// window, stays far smaller.)
+/// it is a client that stopped. (Linux wakes a blocked writer once a part
+/// of the send buffer is free, so how slow a reader may be depends on the
+/// buffer the kernel sized for the connection. Measured on loopback with a
+/// client reading with a 4 KiB receive buffer: the longest wait between
+/// writes was 11 s at ~6 KB/s, 22 s at ~3 KB/s, 44 s at ~1.5 KB/s, so a
+/// reader slower than about 2 KB/s is cut; `tests/drip_readers.rs`.)
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time in-flight responses get to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
