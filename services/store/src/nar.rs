@@ -564,6 +564,11 @@ impl NarGen {
             buf = Vec::with_capacity(NAR_CHUNK_SIZE);
         }
         match self.fill(&mut buf, nowait) {
+            // A short chunk (the framing before a file region, a NAR's
+            // end) would keep its whole 64 KiB allocation alive for as long
+            // as the client holds it: 500 stalled readers of regions held
+            // ~32 MiB of nearly empty buffers. Copy it to its size instead.
+            Ok(()) if buf.len() < NAR_CHUNK_SIZE / 4 => Ok(Bytes::copy_from_slice(&buf)),
             Ok(()) => Ok(Bytes::from(buf)),
             Err(e) => {
                 self.pending = buf;
