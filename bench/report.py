@@ -109,6 +109,9 @@ for c in ("16", "64"):
     row(f"narinfo latency p99 (ms), {c} conn paced", f"ni{c}p.p99", 3, P99)
 row("NAR MB/s, 1 conn", "nar1.mbps", 0, (">=", 0.9), wire="nar1.wire_mbps")
 row("NAR MB/s, 16 conn", "nar16.mbps", 0, (">=", 0.95), wire="nar16.wire_mbps")
+if num("nginx.nar1.srv_cpu_per_gb") is not None:
+    row("server CPU s per GB of NAR, 1 conn (lower is better)", "nar1.srv_cpu_per_gb", 3)
+    row("server CPU s per GB of NAR, 16 conn", "nar16.srv_cpu_per_gb", 3)
 if num("nginx.mixed.p99") is not None:
     row("narinfo requests/s under NAR load (4 conn paced 1 ms, 16 conn downloading NARs)", "mixed.rps", 0)
     row("narinfo latency p50 (ms) under NAR load", "mixed.p50", 3)
