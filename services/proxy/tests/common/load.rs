@@ -22,7 +22,8 @@ impl Proxy {
 /// signature. Fields drop in reverse order of need: proxy, signer, bus.
 pub struct SignedProxy {
     pub proxy: Proxy,
-    _signer: Kill,
+    /// The signer process (a test may stop it).
+    pub signer: Kill,
     _bus: Kill,
     /// `name:base64` public key of the signer.
     pub public_key: String,
@@ -71,7 +72,7 @@ impl SignedProxy {
         );
         SignedProxy {
             proxy,
-            _signer: signer,
+            signer,
             _bus: bus_daemon,
             public_key: std::fs::read_to_string(&public).unwrap().trim().to_string(),
         }
