@@ -32,15 +32,19 @@ impl SendFile {
         SendFile { tcp, sent }
     }
 
-    /// `buf` is a region: send (some of) it once the socket is writable.
-    fn poll_region(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    /// `found` (a buffer that is a region): send (some of) it once the
+    /// socket is writable.
+    fn poll_region(
+        &mut self,
+        cx: &mut Context<'_>,
+        found: &ds_store::region::Found,
+    ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.tcp.poll_write_ready(cx))?;
-            let sent = self.tcp.try_io(Interest::WRITABLE, || {
-                ds_store::region::send(&self.tcp, buf)
-                    .unwrap_or_else(|| Err(io::Error::other("a file region vanished")))
-            });
-            match sent {
+            match self
+                .tcp
+                .try_io(Interest::WRITABLE, || found.send(&self.tcp))
+            {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
                 Ok(n) => {
@@ -69,8 +73,8 @@ impl AsyncWrite for SendFile {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if ds_store::region::is_region(buf) {
-            return this.poll_region(cx, buf);
+        if let Some(found) = ds_store::region::lookup(buf) {
+            return this.poll_region(cx, &found);
         }
         Pin::new(&mut this.tcp).poll_write(cx, buf)
     }
@@ -86,8 +90,8 @@ impl AsyncWrite for SendFile {
         let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
             return Poll::Ready(Ok(0));
         };
-        if ds_store::region::is_region(&bufs[first]) {
-            return this.poll_region(cx, &bufs[first]);
+        if let Some(found) = ds_store::region::lookup(&bufs[first]) {
+            return this.poll_region(cx, &found);
         }
         let end = bufs[first..]
             .iter()

@@ -112,58 +112,75 @@ pub(crate) fn make(
     Ok(Bytes::from_owner(Region { map }))
 }
 
-/// The region `buf` lies in, and the file offset of its first byte.
-fn find(buf: &[u8]) -> Option<(Arc<Info>, u64)> {
-    if COUNT.load(Ordering::Acquire) == 0 {
+/// A buffer found to be (part of) a live region: what [`Found::send`]
+/// needs, looked up once per buffer.
+pub struct Found {
+    info: Arc<Info>,
+    /// File offset of the buffer's first byte.
+    at: u64,
+    len: usize,
+}
+
+/// The region `buf` lies in, if any.
+pub fn lookup(buf: &[u8]) -> Option<Found> {
+    if buf.is_empty() || COUNT.load(Ordering::Acquire) == 0 {
         return None;
     }
     let addr = buf.as_ptr() as usize;
     let map = live();
     let (start, info) = map.range(..=addr).next_back()?;
     let within = addr - start;
-    (within + buf.len() <= info.len).then(|| (info.clone(), info.offset + within as u64))
+    (within + buf.len() <= info.len).then(|| Found {
+        info: info.clone(),
+        at: info.offset + within as u64,
+        len: buf.len(),
+    })
 }
 
 /// Whether `buf` is (part of) a live region.
 pub fn is_region(buf: &[u8]) -> bool {
-    !buf.is_empty() && find(buf).is_some()
+    lookup(buf).is_some()
 }
 
-/// Write `buf` to `socket` if it is a region: `sendfile` from its file
-/// (`None`: not a region, write it as usual). `WouldBlock` when the socket
-/// is full. After bytes went out the file must still have the walk's
-/// metadata, else `InvalidData`: the caller fails the connection, so the
-/// bytes after this one never leave.
+/// Write `buf` to `socket` if it is a region ([`Found::send`]); `None`: not
+/// a region, write it as usual.
 pub fn send(socket: impl AsFd, buf: &[u8]) -> Option<io::Result<usize>> {
-    if buf.is_empty() {
-        return None;
-    }
-    let (info, at) = find(buf)?;
-    let mut pos = at;
-    Some(loop {
-        match rustix::fs::sendfile(&socket, &info.file, Some(&mut pos), buf.len()) {
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => break Err(io::Error::from(e)),
-            Ok(0) => {
-                break Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: file shrank while being served", info.path.display()),
-                ))
-            }
-            Ok(n) => {
-                let now = match info.file.metadata() {
-                    Ok(m) => EntryFacts::of(&m),
-                    Err(e) => break Err(e),
-                };
-                if now != info.facts {
-                    tracing::error!(path = %info.path.display(), "store file changed while being served: cutting the transfer");
+    lookup(buf).map(|found| found.send(socket))
+}
+
+impl Found {
+    /// `sendfile` (some of) the buffer from its file to `socket`.
+    /// `WouldBlock` when the socket is full. After bytes went out the file
+    /// must still have the walk's metadata, else `InvalidData`: the caller
+    /// fails the connection, so the bytes after these never leave.
+    pub fn send(&self, socket: impl AsFd) -> io::Result<usize> {
+        let info = &self.info;
+        let mut pos = self.at;
+        loop {
+            match rustix::fs::sendfile(&socket, &info.file, Some(&mut pos), self.len) {
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => break Err(io::Error::from(e)),
+                Ok(0) => {
                     break Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("{}: changed while being served", info.path.display()),
-                    ));
+                        format!("{}: file shrank while being served", info.path.display()),
+                    ))
                 }
-                break Ok(n);
+                Ok(n) => {
+                    let now = match info.file.metadata() {
+                        Ok(m) => EntryFacts::of(&m),
+                        Err(e) => break Err(e),
+                    };
+                    if now != info.facts {
+                        tracing::error!(path = %info.path.display(), "store file changed while being served: cutting the transfer");
+                        break Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{}: changed while being served", info.path.display()),
+                        ));
+                    }
+                    break Ok(n);
+                }
             }
         }
-    })
+    }
 }
