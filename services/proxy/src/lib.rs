@@ -302,14 +302,16 @@ impl App {
     /// as the client takes them, on the bounded blocking pool
     /// ([`body::bounded`], [`body::compress`]).
     ///
-    /// Range (uncompressed only) is served from a stream verified over the
-    /// whole NAR (`LocalStore::nar_stream_verified_range`: the prefix and
-    /// the rest are read and hashed but not sent, unless the store verified
-    /// this very tree before and it is unchanged: then only the range is
-    /// read), and the last piece of the range
-    /// leaves only once the whole NAR matched its NarHash ([`body::window`]). So no sequence of requests (a full GET
-    /// cut before its last chunk, then a `Range: bytes=N-` resumption) ever
-    /// completes a bad NAR.
+    /// Uncompressed NARs, whole or Range, come from
+    /// `LocalStore::nar_stream_for_socket`: verified over the whole NAR
+    /// (for a Range the prefix and the rest are read and hashed but not
+    /// sent), unless the store verified this very tree before and it is
+    /// unchanged: then only the wanted bytes are produced, long files as
+    /// file regions that the socket sends with `sendfile`
+    /// ([`sendfile::SendFile`]). The last piece of a range leaves only once
+    /// the whole NAR matched its NarHash ([`body::window`]). So no sequence
+    /// of requests (a full GET cut before its last chunk, then a
+    /// `Range: bytes=N-` resumption) ever completes a bad NAR.
     async fn nar(
         &self,
         hash: StorePathHash,
